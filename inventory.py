@@ -1,0 +1,71 @@
+"""Which host the deploy targets.
+
+- `production`: the real GPU server. Its address and SSH user are site-specific, so they come from an
+  untracked `production.env` beside this file (KEY=VALUE lines) or from the environment:
+  KCA_PRODUCTION_HOST (required), KCA_PRODUCTION_USER (default root), KCA_PRODUCTION_PORT (default 22),
+  KCA_PRODUCTION_KEY (optional SSH key file).
+- `testhost`: the disposable Debian 12 host that `testhost/testhost up` boots under systemd-nspawn.
+
+When no production host is configured, the inventory holds only the test host: that is the embedded
+default. KCA_TARGET=testhost forces the test host even when production is configured.
+"""
+
+import os
+from pathlib import Path
+
+_HERE = Path(__file__).resolve().parent
+
+
+def _settings() -> dict:
+    """production.env first, the environment on top (so a CI secret can override the file)."""
+    settings = {}
+    env_file = _HERE / "production.env"
+    if env_file.exists():
+        for line in env_file.read_text().splitlines():
+            line = line.strip()
+            if line and not line.startswith("#") and "=" in line:
+                key, value = line.split("=", 1)
+                settings[key.strip()] = value.strip().strip("'\"")
+    settings.update({k: v for k, v in os.environ.items() if k.startswith("KCA_")})
+    return settings
+
+
+_SETTINGS = _settings()
+# Keep the environment in step, so group_data/production.py sees KCA_MODELS_DEVICE from the file too.
+for _key, _value in _SETTINGS.items():
+    os.environ.setdefault(_key, _value)
+
+# The test host's fixed address and key: testhost/testhost writes them (same constants there).
+TESTHOST_ADDRESS = "10.213.7.2"
+_STATE_DIR = Path(_SETTINGS.get("KCA_STATE_DIR", "/var/lib/kca-testhost"))
+TESTHOST_KEY = str(_STATE_DIR / "ssh" / "id_ed25519")
+
+_target = _SETTINGS.get("KCA_TARGET") or ("production" if _SETTINGS.get("KCA_PRODUCTION_HOST") else "testhost")
+
+production = []
+testhost = []
+
+if _target == "production":
+    _prod = {
+        "ssh_user": _SETTINGS.get("KCA_PRODUCTION_USER", "root"),
+        "ssh_port": int(_SETTINGS.get("KCA_PRODUCTION_PORT", "22")),
+    }
+    if _SETTINGS.get("KCA_PRODUCTION_KEY"):
+        _prod["ssh_key"] = _SETTINGS["KCA_PRODUCTION_KEY"]
+    if _prod["ssh_user"] != "root":
+        _prod["_sudo"] = True
+    production.append((_SETTINGS["KCA_PRODUCTION_HOST"], _prod))
+else:
+    testhost.append(
+        (
+            "kca-testhost",
+            {
+                "ssh_hostname": TESTHOST_ADDRESS,
+                "ssh_user": "root",
+                "ssh_key": TESTHOST_KEY,
+                # The test host is rebuilt on every boot: its host key is new each time.
+                "ssh_strict_host_key_checking": "no",
+                "ssh_known_hosts_file": "/dev/null",
+            },
+        )
+    )

@@ -1,0 +1,223 @@
+"""Build the typed Stack from plain inventory data, collecting every problem instead of stopping at
+the first: the operator fixes the data once, not once per run."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from .model import (
+    Directory,
+    Gpu,
+    Model,
+    ModelsFilesystem,
+    Port,
+    Problem,
+    Scenario,
+    Service,
+    Stack,
+    StackError,
+    User,
+    Venv,
+)
+from .validate import validate
+
+# Keys of a service that the model knows; anything else is a kind-specific setting.
+_SERVICE_KEYS = {
+    "title",
+    "kind",
+    "unit",
+    "compose_project",
+    "ports",
+    "exposure",
+    "bind",
+    "gpu",
+    "vram_gb",
+    "models",
+    "feature",
+}
+_MODEL_KEYS = {"dir", "disk_gb"}
+
+
+class _Reader:
+    """Reads typed values from plain data, recording a Problem (not raising) for each bad one."""
+
+    def __init__(self) -> None:
+        self.problems: list[Problem] = []
+
+    def problem(self, field: str, message: str, fix: str) -> None:
+        self.problems.append(Problem(field, message, fix))
+
+    def get(self, data: Mapping, key: str, where: str, types: type | tuple, default: Any = ...):
+        if not isinstance(data, Mapping):
+            self.problem(where, f"must be a mapping, got {type(data).__name__}", "write it as a dict")
+            return None if default is ... else default
+        if key not in data:
+            if default is ...:
+                self.problem(f"{where}.{key}", "is missing", f"add {key} to {where}")
+                return None
+            return default
+        value = data[key]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in _tuple(types)):
+            expected = " or ".join(t.__name__ for t in _tuple(types))
+            self.problem(
+                f"{where}.{key}",
+                f"must be {expected}, got {type(value).__name__} {value!r}",
+                f"give {where}.{key} a value of type {expected}",
+            )
+            return None if default is ... else default
+        return value
+
+
+def _tuple(types: type | tuple) -> tuple:
+    return types if isinstance(types, tuple) else (types,)
+
+
+def _number(r: _Reader, data: Mapping, key: str, where: str, default: Any = ...) -> float | None:
+    value = r.get(data, key, where, (int, float, type(None)), default)
+    return None if value is None else float(value)
+
+
+def _ports(r: _Reader, raw: Any, where: str) -> tuple[Port, ...]:
+    if not isinstance(raw, list):
+        r.problem(where, f"must be a list of ports, got {raw!r}", "write ports as a list of dicts")
+        return ()
+    ports = []
+    for index, item in enumerate(raw):
+        at = f"{where}[{index}]"
+        number = r.get(item, "port", at, int)
+        protocol = r.get(item, "protocol", at, str, "TCP")
+        container_port = r.get(item, "container_port", at, (int, type(None)), None)
+        if number is not None:
+            ports.append(Port(number, protocol, container_port))
+    return tuple(ports)
+
+
+def _service(r: _Reader, name: str, raw: Mapping) -> Service | None:
+    where = f"services.{name}"
+    if not isinstance(raw, Mapping):
+        r.problem(where, "must be a mapping", "describe the service as a dict")
+        return None
+    models = r.get(raw, "models", where, list, [])
+    return Service(
+        name=name,
+        title=r.get(raw, "title", where, str, name),
+        kind=r.get(raw, "kind", where, str),
+        exposure=r.get(raw, "exposure", where, str),
+        bind=r.get(raw, "bind", where, str),
+        ports=_ports(r, raw.get("ports", []), f"{where}.ports"),
+        unit=r.get(raw, "unit", where, (str, type(None)), None),
+        compose_project=r.get(raw, "compose_project", where, (str, type(None)), None),
+        gpu=r.get(raw, "gpu", where, (str, type(None)), None),
+        vram_gb=_number(r, raw, "vram_gb", where, 0.0) or 0.0,
+        models=tuple(models or ()),
+        feature=r.get(raw, "feature", where, str, ""),
+        settings={k: v for k, v in raw.items() if k not in _SERVICE_KEYS},
+    )
+
+
+def build_stack(data: Mapping[str, Any]) -> Stack:
+    """Parse and validate. Raises StackError naming every bad field; returns a Stack otherwise."""
+    r = _Reader()
+
+    raw_gpu = r.get(data, "gpu", "data", Mapping, {})
+    gpu = Gpu(
+        name=r.get(raw_gpu, "name", "gpu", str, "GPU"),
+        vram_total_gb=_number(r, raw_gpu, "vram_total_gb", "gpu") or 0.0,
+        vram_usable_gb=_number(r, raw_gpu, "vram_usable_gb", "gpu") or 0.0,
+        # A group may say only `gpu_present = False` instead of repeating the whole gpu table.
+        present=bool(data.get("gpu_present", raw_gpu.get("present", True))),
+        device_node=r.get(raw_gpu, "device_node", "gpu", str, "/dev/nvidiactl"),
+        boot_scenario=r.get(raw_gpu, "boot_scenario", "gpu", str),
+    )
+
+    raw_user = r.get(data, "user", "data", Mapping, {})
+    user = User(
+        name=r.get(raw_user, "name", "user", str, "kca"),
+        home=r.get(raw_user, "home", "user", str, "/home/kca"),
+        shell=r.get(raw_user, "shell", "user", str, "/bin/bash"),
+    )
+
+    directories = tuple(
+        Directory(
+            path=r.get(d, "path", f"directories[{i}]", str, ""),
+            owner=r.get(d, "owner", f"directories[{i}]", (str, type(None)), None),
+            mode=r.get(d, "mode", f"directories[{i}]", (str, type(None)), None),
+            manage=r.get(d, "manage", f"directories[{i}]", bool, True),
+        )
+        for i, d in enumerate(r.get(data, "directories", "data", list, []))
+    )
+
+    raw_fs = r.get(data, "models_filesystem", "data", Mapping, {})
+    models_filesystem = ModelsFilesystem(
+        mountpoint=r.get(raw_fs, "mountpoint", "models_filesystem", str, "/models"),
+        # production.py reads the device from the environment into `models_device`.
+        device=data.get("models_device") or raw_fs.get("device"),
+        fstype=r.get(raw_fs, "fstype", "models_filesystem", str, "ext4"),
+        options=r.get(raw_fs, "options", "models_filesystem", str, "defaults"),
+        format_empty=r.get(raw_fs, "format_empty", "models_filesystem", bool, False),
+    )
+
+    venvs = {
+        name: Venv(
+            name=name,
+            path=r.get(v, "path", f"venvs.{name}", str, ""),
+            link=r.get(v, "link", f"venvs.{name}", (str, type(None)), None),
+        )
+        for name, v in r.get(data, "venvs", "data", Mapping, {}).items()
+    }
+
+    services = {}
+    for name, raw in r.get(data, "services", "data", Mapping, {}).items():
+        service = _service(r, name, raw)
+        if service is not None:
+            services[name] = service
+
+    models = {}
+    for name, raw in r.get(data, "models", "data", Mapping, {}).items():
+        models[name] = Model(
+            name=name,
+            dir=r.get(raw, "dir", f"models.{name}", str, ""),
+            disk_gb=_number(r, raw, "disk_gb", f"models.{name}", None),
+            settings={k: v for k, v in raw.items() if k not in _MODEL_KEYS},
+        )
+
+    scenarios = {
+        name: Scenario(
+            name=name,
+            title=r.get(raw, "title", f"vram_scenarios.{name}", str, name),
+            services=tuple(r.get(raw, "services", f"vram_scenarios.{name}", list, [])),
+        )
+        for name, raw in r.get(data, "vram_scenarios", "data", Mapping, {}).items()
+    }
+
+    if r.problems:
+        # Shape problems make the semantic checks meaningless: report them alone.
+        raise StackError(r.problems)
+
+    stack = Stack(
+        gpu=gpu,
+        user=user,
+        paths=dict(r.get(data, "paths", "data", Mapping, {})),
+        directories=directories,
+        models_filesystem=models_filesystem,
+        venvs=venvs,
+        base_packages=tuple(r.get(data, "base_packages", "data", list, [])),
+        os_profiles=dict(r.get(data, "os_profiles", "data", Mapping, {})),
+        services=services,
+        models=models,
+        scenarios=scenarios,
+        network=dict(r.get(data, "network", "data", Mapping, {})),
+        firewall=dict(r.get(data, "firewall", "data", Mapping, {})),
+    )
+    problems = r.problems + validate(stack)
+    if problems:
+        raise StackError(problems)
+    return stack
+
+
+def load_stack(host_data: Any) -> Stack:
+    """Build the Stack from pyinfra's `host.data` (or any mapping of the group_data keys)."""
+    if isinstance(host_data, Mapping):
+        return build_stack(host_data)
+    return build_stack(host_data.dict())

@@ -1,0 +1,214 @@
+"""The typed model of the stack, built once from the inventory data.
+
+`group_data/*.py` holds plain values (pyinfra's debug-inventory cannot serialise objects); this module
+turns them into frozen dataclasses. Parsing is forgiving about *shape* only as far as it can name the
+field that is wrong: every problem becomes a `Problem` and `kca_stack.validate` decides.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+KINDS = ("llama.cpp", "vllm", "fastapi", "docling-serve", "docker")
+SYSTEMD_KINDS = ("llama.cpp", "vllm", "fastapi", "docling-serve")
+EXPOSURES = ("external", "internal")
+GPU_CLASSES = ("large", "small", None)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with the data: where it is, what is wrong, and what to do about it."""
+
+    field: str
+    message: str
+    fix: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}. Fix: {self.fix}."
+
+
+class StackError(Exception):
+    """Raised before any operation is queued when the data describes an impossible stack."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"the stack data has {len(problems)} problem(s):\n{lines}")
+
+
+@dataclass(frozen=True)
+class Port:
+    number: int
+    protocol: str
+    container_port: int | None = None
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    title: str
+    kind: str
+    exposure: str
+    bind: str
+    ports: tuple[Port, ...]
+    unit: str | None = None
+    compose_project: str | None = None
+    gpu: str | None = None
+    vram_gb: float = 0.0
+    models: tuple[str, ...] = ()
+    feature: str = ""
+    # Kind-specific settings (llama.cpp flags, vLLM options, ...), kept as given for the task modules.
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_systemd(self) -> bool:
+        return self.kind in SYSTEMD_KINDS
+
+    @property
+    def uses_gpu(self) -> bool:
+        return self.gpu is not None
+
+    @property
+    def port(self) -> int | None:
+        """The service's main port (the first one), or None when it publishes nothing."""
+        return self.ports[0].number if self.ports else None
+
+
+@dataclass(frozen=True)
+class Gpu:
+    name: str
+    vram_total_gb: float
+    vram_usable_gb: float
+    present: bool
+    device_node: str
+    boot_scenario: str
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    title: str
+    services: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Directory:
+    path: str
+    owner: str | None
+    mode: str | None
+    # False: create when missing, never change owner or mode afterwards (Docker volumes).
+    manage: bool = True
+
+
+@dataclass(frozen=True)
+class ModelsFilesystem:
+    mountpoint: str
+    device: str | None
+    fstype: str
+    options: str
+    # Format the device when it holds no filesystem at all (a new disk after a failure). Off by default.
+    format_empty: bool = False
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str
+    dir: str
+    disk_gb: float | None
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Venv:
+    name: str
+    path: str
+    link: str | None = None
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    home: str
+    shell: str
+
+
+@dataclass(frozen=True)
+class Stack:
+    gpu: Gpu
+    user: User
+    paths: Mapping[str, Any]
+    directories: tuple[Directory, ...]
+    models_filesystem: ModelsFilesystem
+    venvs: Mapping[str, Venv]
+    base_packages: tuple[str, ...]
+    os_profiles: Mapping[str, Mapping[str, Any]]
+    services: Mapping[str, Service]
+    models: Mapping[str, Model]
+    scenarios: Mapping[str, Scenario]
+    network: Mapping[str, Any]
+    firewall: Mapping[str, Any]
+
+    # --- derived views: computed, never stored twice -------------------------------------------------
+
+    def service_vram_gb(self, service: Service) -> float:
+        """What a service takes on the GPU. vLLM reserves a fraction of the whole card up front."""
+        utilisation = service.settings.get("gpu_memory_utilization")
+        if service.kind == "vllm" and utilisation is not None:
+            return round(float(utilisation) * self.gpu.vram_total_gb, 2)
+        return service.vram_gb
+
+    def scenario_vram_gb(self, scenario: Scenario) -> float:
+        return round(sum(self.service_vram_gb(self.services[s]) for s in scenario.services), 2)
+
+    def scenario_headroom_gb(self, scenario: Scenario) -> float:
+        return round(self.gpu.vram_usable_gb - self.scenario_vram_gb(scenario), 2)
+
+    def large_services(self) -> list[Service]:
+        return [s for s in self.services.values() if s.gpu == "large"]
+
+    def systemd_services(self) -> list[Service]:
+        return [s for s in self.services.values() if s.is_systemd]
+
+    def services_of_kind(self, kind: str) -> list[Service]:
+        return [s for s in self.services.values() if s.kind == kind]
+
+    def scenario_of_large(self, large: str) -> Scenario:
+        """The scenario in which the large service `large` holds the GPU."""
+        for scenario in self.scenarios.values():
+            if large in scenario.services:
+                return scenario
+        raise KeyError(large)
+
+    def boot_services(self) -> set[str]:
+        """GPU services that start at boot: those of the boot scenario."""
+        return set(self.scenarios[self.gpu.boot_scenario].services)
+
+    def starts_at_boot(self, service: Service) -> bool:
+        """Non-GPU services always start; GPU services start when the boot scenario holds them."""
+        return not service.uses_gpu or service.name in self.boot_services()
+
+    def conflicts_of(self, service: Service) -> list[Service]:
+        """The GPU services that cannot run beside `service`: the document's one-large-model rule.
+
+        Two GPU services conflict when no scenario holds both of them.
+        """
+        if not service.uses_gpu:
+            return []
+        together = {
+            other
+            for scenario in self.scenarios.values()
+            if service.name in scenario.services
+            for other in scenario.services
+        }
+        return [
+            other
+            for other in self.services.values()
+            if other.uses_gpu and other.name != service.name and other.name not in together
+        ]
+
+    def port_map(self) -> list[tuple[Port, Service]]:
+        """Every host port with its service, sorted as the document's port map reads best."""
+        rows = [(port, service) for service in self.services.values() for port in service.ports]
+        return sorted(rows, key=lambda row: (row[1].exposure != "external", row[0].number))

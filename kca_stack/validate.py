@@ -1,0 +1,240 @@
+"""Assertions checked before any change: each returns Problems that name the field and the fix.
+
+Every check is a small function over the Stack; `validate` runs them all so that one run reports every
+problem at once.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import defaultdict
+from pathlib import PurePosixPath
+from typing import TYPE_CHECKING
+
+from .model import EXPOSURES, GPU_CLASSES, KINDS, SYSTEMD_KINDS, Problem
+
+if TYPE_CHECKING:
+    from .model import Stack
+
+
+def check_kinds(stack: Stack) -> list[Problem]:
+    problems = []
+    for s in stack.services.values():
+        where = f"services.{s.name}"
+        if s.kind not in KINDS:
+            problems.append(Problem(f"{where}.kind", f"unknown kind {s.kind!r}", f"use one of {', '.join(KINDS)}"))
+        if s.exposure not in EXPOSURES:
+            problems.append(
+                Problem(f"{where}.exposure", f"unknown exposure {s.exposure!r}", "use external or internal")
+            )
+        if s.gpu not in GPU_CLASSES:
+            problems.append(Problem(f"{where}.gpu", f"unknown GPU class {s.gpu!r}", "use large, small or None"))
+        if s.kind in SYSTEMD_KINDS and not (s.unit or "").endswith(".service"):
+            problems.append(
+                Problem(
+                    f"{where}.unit",
+                    f"a {s.kind} service needs a systemd unit name, got {s.unit!r}",
+                    "name the unit, e.g. 'my-service.service'",
+                )
+            )
+        if s.kind == "docker" and not s.compose_project:
+            problems.append(
+                Problem(
+                    f"{where}.compose_project",
+                    "a docker service needs its compose project",
+                    "set compose_project (e.g. 'dify' or 'openwebui')",
+                )
+            )
+    return problems
+
+
+def check_ports(stack: Stack) -> list[Problem]:
+    """Ports in range, and no host port claimed twice (SSH included)."""
+    problems = []
+    owners: dict[int, list[str]] = defaultdict(list)
+    ssh_port = stack.network.get("ssh_port", 22)
+    owners[ssh_port].append("network.ssh_port")
+    for s in stack.services.values():
+        for index, port in enumerate(s.ports):
+            where = f"services.{s.name}.ports[{index}]"
+            for label, number in (("port", port.number), ("container_port", port.container_port)):
+                if number is not None and not 1 <= number <= 65535:
+                    problems.append(
+                        Problem(f"{where}.{label}", f"{number} is outside 1-65535", "pick a port in 1-65535")
+                    )
+            owners[port.number].append(f"services.{s.name}")
+    for number, claimants in sorted(owners.items()):
+        if len(claimants) > 1:
+            problems.append(
+                Problem(
+                    f"{claimants[1]}.ports",
+                    f"host port {number} is already taken by {claimants[0]}",
+                    f"give one of {' and '.join(claimants)} another port",
+                )
+            )
+    return problems
+
+
+def check_binds(stack: Stack) -> list[Problem]:
+    """An internal service never listens on a public address, and only on the wildcard address when
+    the firewall keeps the outside away; an external one listens where the outside can reach it."""
+    problems = []
+    firewall_on = bool(stack.firewall.get("enabled", False))
+    for s in stack.services.values():
+        where = f"services.{s.name}.bind"
+        try:
+            address = ipaddress.ip_address(s.bind)
+        except ValueError:
+            problems.append(Problem(where, f"{s.bind!r} is not an IP address", "use e.g. 127.0.0.1 or 0.0.0.0"))
+            continue
+        if s.exposure == "internal":
+            if address.is_global:
+                problems.append(
+                    Problem(
+                        where,
+                        f"internal service bound to the public address {s.bind}",
+                        "bind it to 127.0.0.1, a private address, or 0.0.0.0 with the firewall enabled",
+                    )
+                )
+            elif address.is_unspecified and not firewall_on:
+                problems.append(
+                    Problem(
+                        where,
+                        f"internal service bound to {s.bind} while firewall.enabled is false",
+                        "bind it to 127.0.0.1 or enable the firewall",
+                    )
+                )
+        elif address.is_loopback and s.ports:
+            problems.append(
+                Problem(
+                    where,
+                    f"external service bound to loopback {s.bind}, unreachable from outside",
+                    "bind it to 0.0.0.0 or mark it internal",
+                )
+            )
+    return problems
+
+
+def check_references(stack: Stack) -> list[Problem]:
+    problems = []
+    for s in stack.services.values():
+        for model in s.models:
+            if model not in stack.models:
+                problems.append(
+                    Problem(
+                        f"services.{s.name}.models",
+                        f"refers to the unknown model {model!r}",
+                        f"add models.{model} or use one of {', '.join(sorted(stack.models))}",
+                    )
+                )
+    for scenario in stack.scenarios.values():
+        for name in scenario.services:
+            if name not in stack.services:
+                problems.append(
+                    Problem(
+                        f"vram_scenarios.{scenario.name}.services",
+                        f"refers to the unknown service {name!r}",
+                        "use a name from services",
+                    )
+                )
+            elif not stack.services[name].uses_gpu:
+                problems.append(
+                    Problem(
+                        f"vram_scenarios.{scenario.name}.services",
+                        f"{name!r} does not use the GPU",
+                        f"remove {name} from the scenario or give services.{name}.gpu a class",
+                    )
+                )
+    if stack.gpu.boot_scenario not in stack.scenarios:
+        problems.append(
+            Problem(
+                "gpu.boot_scenario",
+                f"refers to the unknown scenario {stack.gpu.boot_scenario!r}",
+                f"use one of {', '.join(sorted(stack.scenarios))}",
+            )
+        )
+    for venv in stack.venvs.values():
+        if not venv.path:
+            problems.append(Problem(f"venvs.{venv.name}.path", "is empty", "give the venv a path"))
+    return problems
+
+
+def check_vram(stack: Stack) -> list[Problem]:
+    """The document's section 8: at most one large model per scenario, every scenario fits, and every
+    large model has a scenario (the switch command needs to know what runs beside it)."""
+    problems = []
+    if stack.gpu.vram_usable_gb > stack.gpu.vram_total_gb:
+        problems.append(Problem("gpu.vram_usable_gb", "is larger than gpu.vram_total_gb", "lower vram_usable_gb"))
+    for scenario in stack.scenarios.values():
+        where = f"vram_scenarios.{scenario.name}"
+        known = [stack.services[n] for n in scenario.services if n in stack.services]
+        large = [s.name for s in known if s.gpu == "large"]
+        if len(large) > 1:
+            problems.append(
+                Problem(
+                    f"{where}.services",
+                    f"holds {len(large)} large models ({', '.join(large)}); "
+                    "only one large model fits the GPU at a time",
+                    "keep one large model per scenario",
+                )
+            )
+        if len(known) == len(scenario.services):
+            total = stack.scenario_vram_gb(scenario)
+            if total > stack.gpu.vram_usable_gb:
+                parts = " + ".join(f"{s.name} {stack.service_vram_gb(s):g}" for s in known)
+                problems.append(
+                    Problem(
+                        f"{where}.services",
+                        f"needs {total:g} GB ({parts}) but only {stack.gpu.vram_usable_gb:g} GB are usable",
+                        "remove a service from the scenario or lower a vram_gb estimate you have measured",
+                    )
+                )
+    in_a_scenario = {n for scenario in stack.scenarios.values() for n in scenario.services}
+    for s in stack.large_services():
+        if s.name not in in_a_scenario:
+            problems.append(
+                Problem(
+                    f"services.{s.name}.gpu",
+                    "is a large model that no VRAM scenario holds",
+                    f"add a vram_scenarios entry with {s.name} and what runs beside it",
+                )
+            )
+    return problems
+
+
+def check_paths(stack: Stack) -> list[Problem]:
+    """Every path of the data lies under one of the document's roots."""
+    roots = [PurePosixPath(p) for p in stack.paths.get("roots", [])]
+
+    def inside(path: str) -> bool:
+        p = PurePosixPath(path)
+        return p.is_absolute() and ".." not in p.parts and any(p == r or r in p.parents for r in roots)
+
+    candidates = [(f"paths.{k}", v) for k, v in stack.paths.items() if k != "roots" and isinstance(v, str)]
+    candidates += [(f"directories[{i}].path", d.path) for i, d in enumerate(stack.directories)]
+    candidates += [(f"models.{m.name}.dir", m.dir) for m in stack.models.values()]
+    for venv in stack.venvs.values():
+        candidates.append((f"venvs.{venv.name}.path", venv.path))
+        if venv.link:
+            candidates.append((f"venvs.{venv.name}.link", venv.link))
+    candidates.append(("models_filesystem.mountpoint", stack.models_filesystem.mountpoint))
+    roots_text = ", ".join(str(r) for r in roots)
+    return [
+        Problem(
+            field,
+            f"{path!r} lies outside the document's roots ({roots_text})",
+            "move it under one of the roots or add the root to paths.roots",
+        )
+        for field, path in candidates
+        if not inside(path)
+    ]
+
+
+CHECKS = (check_kinds, check_ports, check_binds, check_references, check_vram, check_paths)
+
+
+def validate(stack: Stack) -> list[Problem]:
+    problems: list[Problem] = []
+    for check in CHECKS:
+        problems.extend(check(stack))
+    return problems
