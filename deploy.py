@@ -9,7 +9,7 @@ import sys
 from pyinfra import host
 
 from kca_stack import StackError, load_stack
-from tasks import base
+from tasks import base, llama_cpp, llm, models, secrets, units
 
 try:
     stack = load_stack(host.data)
@@ -18,4 +18,21 @@ except StackError as error:
     sys.stderr.write(f"\n{host.name}: refusing to deploy, {error}\n\nNothing on the host was changed.\n")
     sys.exit(2)
 
+# 1. The base layer: user, /models, directory tree, packages, Python environment.
 base.deploy_base(stack=stack)
+secrets.deploy_secrets(stack=stack)
+
+# 2. LLM services: llama.cpp built from the pinned source, models, vLLM, units, the GPU switch.
+llama_build = llama_cpp.deploy_llama_cpp(stack=stack)
+llm_models = models.deploy_models(stack=stack, kinds=("llama.cpp", "vllm"))
+vllm_changes = llm.deploy_vllm(stack=stack)
+llm_units = llm.deploy_llm_units(stack=stack)
+llm.install_switch(stack=stack)
+
+llm_changes = {
+    name: [*unit_ops, llama_build if stack.services[name].kind == "llama.cpp" else None]
+    + (vllm_changes if stack.services[name].kind == "vllm" else [])
+    + llm_models
+    for name, unit_ops in llm_units.items()
+}
+units.activate(stack, [stack.services[name] for name in llm_units], llm_changes)

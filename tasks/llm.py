@@ -1,0 +1,218 @@
+"""The four LLM services: three llama-servers from one unit template, and vLLM with the HyperCLOVA X
+plugin. Per-model flags are data; argument lists are built here and escaped for systemd."""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+from pyinfra import host, logger
+from pyinfra.api import deploy
+from pyinfra.facts.server import Command
+from pyinfra.operations import files, git, pip, server
+
+from kca_stack import Service, Stack
+
+from . import llama_cpp
+from .units import UnitSpec, install_unit
+from .util import systemd_command_line
+
+SOURCE = "tasks/llm.py"
+
+
+def llama_server_argv(stack: Stack, service: Service) -> list[str]:
+    settings = stack.llama_server_settings(service)
+    model = stack.models[service.models[0]]
+    argv = [
+        llama_cpp.binary(stack),
+        "--model",
+        model.path_of("model"),
+        # Always pass the port: recent llama-server builds default to 9931, not 8080.
+        "--host",
+        service.bind,
+        "--port",
+        str(service.port),
+        "--alias",
+        settings.get("alias", service.name),
+        "--ctx-size",
+        str(settings.get("ctx_size", 0)),
+        "--n-gpu-layers",
+        str(settings.get("n_gpu_layers", "99")),
+        "--flash-attn",
+        str(settings.get("flash_attn", "auto")),
+        "--jinja",
+        "--metrics",
+    ]
+    if "batch_size" in settings:
+        argv += ["--batch-size", str(settings["batch_size"])]
+    if "ubatch_size" in settings:
+        argv += ["--ubatch-size", str(settings["ubatch_size"])]
+    if settings.get("chat_template_kwargs"):
+        argv += ["--chat-template-kwargs", json.dumps(settings["chat_template_kwargs"], sort_keys=True)]
+    if settings.get("reasoning_format"):
+        argv += ["--reasoning-format", settings["reasoning_format"]]
+    if settings.get("chat_template_file"):
+        argv += ["--chat-template-file", settings["chat_template_file"]]
+    mmproj = model.path_of("mmproj")
+    # The stand-in GGUF has no vision projector; the production model has.
+    if mmproj and not stack.use_model_standins:
+        argv += ["--mmproj", mmproj]
+    argv += [str(a) for a in settings.get("extra_args", [])]
+    secret = service.settings.get("api_key_secret")
+    if secret:
+        argv += ["--api-key-file", f"%d/{secret}"]
+    return argv
+
+
+def llama_server_spec(stack: Stack, service: Service) -> UnitSpec:
+    argv = llama_server_argv(stack, service)
+    keep = tuple(a for a in argv if a.startswith("%d/"))
+    return UnitSpec(exec_start=systemd_command_line(argv, keep_specifiers=keep))
+
+
+def vllm_spec(stack: Stack, service: Service) -> UnitSpec:
+    venv = stack.venvs[stack.vllm["venv"]].path
+    options = service.settings.get("vllm", {})
+    model = stack.models[service.models[0]]
+    argv = [
+        f"{venv}/bin/vllm",
+        "serve",
+        model.dir,
+        "--host",
+        service.bind,
+        "--port",
+        str(service.port),
+        "--served-model-name",
+        options.get("served_model_name", service.name),
+        "--trust-remote-code",
+        "--enable-auto-tool-choice",
+        "--tool-call-parser",
+        options.get("tool_call_parser", "hcx"),
+        "--reasoning-parser",
+        options.get("reasoning_parser", "hcx"),
+        "--gpu-memory-utilization",
+        str(service.settings.get("gpu_memory_utilization", 0.9)),
+        "--max-model-len",
+        str(options.get("max_model_len", 32768)),
+    ]
+    command = " ".join(shlex.quote(a) for a in argv)
+    secret = service.settings.get("api_key_secret")
+    if secret:
+        # vLLM takes its key from the environment, not a file: read the credential at start.
+        command = f'VLLM_API_KEY="$(cat "$CREDENTIALS_DIRECTORY/{secret}")" exec {command}'
+    else:
+        command = f"exec {command}"
+    return UnitSpec(
+        exec_start=systemd_command_line(["/bin/sh", "-c", command]),
+        environment=[
+            ("HF_HOME", "%C/kca-vllm/huggingface"),
+            ("VLLM_CACHE_ROOT", "%C/kca-vllm/vllm"),
+            ("HF_HUB_OFFLINE", "1"),
+        ],
+        # vLLM compiles kernels on first start: give it a writable cache of its own.
+        extra_directives=["CacheDirectory=kca-vllm"],
+        timeout_start=1800,
+    )
+
+
+@deploy("vLLM")
+def deploy_vllm(stack: Stack):
+    """vLLM at the pinned version in its own venv, and the HyperCLOVA X plugin installed into it.
+    Returns the operations whose change restarts vllm-hyperclova."""
+    venv = stack.venvs[stack.vllm["venv"]]
+    packages = list(stack.vllm["packages"])
+    installed = host.get_fact(Command, f"{venv.path}/bin/python -m pip freeze 2>/dev/null | grep -i '^vllm==' || true")
+    changes = []
+    if installed.strip().lower() not in {p.lower() for p in packages}:
+        changes.append(
+            pip.packages(
+                name=f"Install {' '.join(packages)} into {venv.path} (several GB: torch and CUDA libraries)",
+                packages=packages,
+                pip=f"{venv.path}/bin/pip",
+                _sudo=True,
+                _sudo_user=stack.user.name,
+            )
+        )
+
+    plugin = stack.vllm["plugin"]
+    if plugin["source"] == "unavailable":
+        logger.warning(
+            f"{host.name}: the HyperCLOVA X vLLM plugin has no source here (vllm.plugin.source = "
+            "unavailable): vLLM is installed, the plugin is not, and vllm-hyperclova stays off."
+        )
+        return changes
+    if plugin["source"] == "git":
+        changes.append(
+            git.repo(
+                name="Clone the HyperCLOVA X vLLM plugin",
+                src=plugin["git_url"],
+                dest=plugin["path"],
+                branch=plugin["git_ref"],
+                pull=False,
+                user=stack.user.name,
+                group=stack.user.name,
+            )
+        )
+    linked = host.get_fact(
+        Command, f"{venv.path}/bin/python -m pip show hcx-vllm-plugin 2>/dev/null | grep -c Location || true"
+    )
+    if linked.strip() != "1" or any(c.will_change for c in changes):
+        changes.append(
+            server.shell(
+                name="Install the HyperCLOVA X plugin into the vLLM venv (editable)",
+                commands=[f"{venv.path}/bin/pip install --no-deps -e {plugin['path']}"],
+                _sudo=True,
+                _sudo_user=stack.user.name,
+            )
+        )
+    return changes
+
+
+@deploy("LLM services")
+def deploy_llm_units(stack: Stack):
+    """Install the unit of every llama.cpp and vLLM service; returns {service: [unit op]}."""
+    ops = {}
+    for service in stack.services_of_kind("llama.cpp"):
+        ops[service.name] = [install_unit(stack, service, llama_server_spec(stack, service), SOURCE)]
+    for service in stack.services_of_kind("vllm"):
+        ops[service.name] = [install_unit(stack, service, vllm_spec(stack, service), SOURCE)]
+    return ops
+
+
+def install_switch(stack: Stack):
+    """kca-gpu-switch and the data it reads (what shares the GPU with what)."""
+    config = {
+        "usable_vram_gb": stack.gpu.vram_usable_gb,
+        "device_node": stack.gpu.device_node,
+        "gpu_present": stack.gpu.present,
+        "services": {
+            s.name: {
+                "unit": s.unit,
+                "port": s.port,
+                "gpu": s.gpu,
+                "vram_gb": stack.service_vram_gb(s),
+                "needs_gpu_device": stack.unit_needs_gpu(s),
+            }
+            for s in stack.services.values()
+            if s.uses_gpu and s.is_systemd
+        },
+        "scenarios": {sc.name: list(sc.services) for sc in stack.scenarios.values()},
+    }
+    files.put(
+        name="Install the GPU scenario data for kca-gpu-switch",
+        src=_json_file(config),
+        dest="/etc/kca/gpu-scenarios.json",
+        mode="0644",
+    )
+    files.put(
+        name="Install kca-gpu-switch",
+        src="templates/usr/local/bin/kca-gpu-switch",
+        dest="/usr/local/bin/kca-gpu-switch",
+        mode="0755",
+    )
+
+
+def _json_file(data):
+    from io import BytesIO
+
+    return BytesIO((json.dumps(data, indent=2, sort_keys=True) + "\n").encode())

@@ -1,0 +1,94 @@
+"""systemd units for the host services, from one template; activation driven by change results."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pyinfra.operations import files, systemd
+
+from kca_stack import Service, Stack
+
+UNIT_TEMPLATE = "templates/etc/systemd/system/kca-service.service.j2"
+JINJA = {"trim_blocks": True, "lstrip_blocks": True}
+
+
+@dataclass
+class UnitSpec:
+    """What differs between the units of the kinds: built in Python, rendered by one template."""
+
+    exec_start: str
+    environment: list[tuple[str, str]] = field(default_factory=list)
+    extra_directives: list[str] = field(default_factory=list)
+    restart_sec: int = 5
+    timeout_start: int = 600
+
+
+def credentials_of(stack: Stack, service: Service) -> list[str]:
+    secret = service.settings.get("api_key_secret")
+    return [f"{secret}:{stack.paths['secrets']}/{secret}"] if secret else []
+
+
+def conditions_of(stack: Stack, service: Service) -> list[str]:
+    conditions = []
+    if stack.unit_needs_gpu(service):
+        # No GPU, no start: systemd skips the unit cleanly instead of crash-looping.
+        conditions.append(f"ConditionPathExists={stack.gpu.device_node}")
+    return conditions
+
+
+def install_unit(stack: Stack, service: Service, spec: UnitSpec, source: str):
+    """Render the unit file; returns the operation (its change restarts the service)."""
+    port = service.port
+    return files.template(
+        name=f"Install {service.unit}",
+        src=UNIT_TEMPLATE,
+        dest=f"{stack.paths['units']}/{service.unit}",
+        mode="0644",
+        jinja_env_kwargs=JINJA,
+        source=source,
+        title=service.title,
+        kind=service.kind,
+        port=port,
+        exposure=service.exposure,
+        description=f"kca {service.title} ({service.kind}, port {port})",
+        conditions=conditions_of(stack, service),
+        conflicts=[other.unit for other in stack.conflicts_of(service)],
+        user=stack.user.name,
+        environment=spec.environment,
+        credentials=credentials_of(stack, service),
+        exec_start=spec.exec_start,
+        restart_sec=spec.restart_sec,
+        timeout_start=spec.timeout_start,
+        extra_directives=spec.extra_directives,
+        hardening=stack.hardening_of(service),
+    )
+
+
+def activate(stack: Stack, services: list[Service], changed_ops: dict[str, list]) -> None:
+    """Enable what starts at boot, start it, and restart a running service whose unit, binary or
+    model changed. Services outside the boot scenario are left as the operator (or kca-gpu-switch)
+    set them: the deploy never fights the GPU switch."""
+    reload_needed = any(op.will_change for ops in changed_ops.values() for op in ops if op is not None)
+    if reload_needed:
+        systemd.daemon_reload(name="Reload systemd units")
+    for service in services:
+        at_boot = stack.starts_at_boot(service)
+        runnable = not stack.unit_needs_gpu(service) or stack.gpu.present
+        ops = [op for op in changed_ops.get(service.name, []) if op is not None]
+        systemd.service(
+            name=f"Enable {service.unit}" if at_boot else f"Disable {service.unit} at boot",
+            service=service.unit,
+            enabled=at_boot and runnable,
+            running=True if (at_boot and runnable) else None,
+        )
+        if ops:
+            systemd.service(
+                name=f"Restart {service.unit} if running (its unit, binary or model changed)",
+                service=service.unit,
+                restarted=True,
+                _if=_any_changed(ops),
+            )
+
+
+def _any_changed(ops: list):
+    return lambda: any(op.did_change() for op in ops)

