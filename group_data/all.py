@@ -512,9 +512,15 @@ llama_cpp = {
     "targets": ["llama-server"],
     "cmake_flags": [
         "-DCMAKE_BUILD_TYPE=Release",
-        "-DLLAMA_CURL=OFF",
         "-DLLAMA_BUILD_TESTS=OFF",
         "-DLLAMA_BUILD_EXAMPLES=OFF",
+        "-DLLAMA_BUILD_APP=OFF",
+        # The build must not download anything: no prebuilt web UI (the API is unaffected; the chat UI
+        # is Open WebUI), no HTTPS client for llama-server's own model downloads.
+        "-DLLAMA_USE_PREBUILT_UI=OFF",
+        "-DLLAMA_OPENSSL=OFF",
+        # The archive has no git history: say which commit it is, for --version and /props.
+        "-DLLAMA_BUILD_COMMIT=0c1e57098",
         # A build for the flags below, not for whatever CPU or GPU the build host has.
         "-DGGML_NATIVE=OFF",
         # One self-contained llama-server binary: nothing to keep in step in /home/kca/llama.cpp/bin.

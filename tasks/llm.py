@@ -9,11 +9,12 @@ import shlex
 from pyinfra import host, logger
 from pyinfra.api import deploy
 from pyinfra.facts.server import Command
-from pyinfra.operations import files, git, pip, server
+from pyinfra.operations import files, git, server
 
 from kca_stack import Service, Stack
 
 from . import llama_cpp
+from .python_envs import ensure_packages
 from .units import UnitSpec, install_unit
 from .util import systemd_command_line
 
@@ -120,19 +121,10 @@ def deploy_vllm(stack: Stack):
     """vLLM at the pinned version in its own venv, and the HyperCLOVA X plugin installed into it.
     Returns the operations whose change restarts vllm-hyperclova."""
     venv = stack.venvs[stack.vllm["venv"]]
-    packages = list(stack.vllm["packages"])
-    installed = host.get_fact(Command, f"{venv.path}/bin/python -m pip freeze 2>/dev/null | grep -i '^vllm==' || true")
-    changes = []
-    if installed.strip().lower() not in {p.lower() for p in packages}:
-        changes.append(
-            pip.packages(
-                name=f"Install {' '.join(packages)} into {venv.path} (several GB: torch and CUDA libraries)",
-                packages=packages,
-                pip=f"{venv.path}/bin/pip",
-                _sudo=True,
-                _sudo_user=stack.user.name,
-            )
-        )
+    install = ensure_packages(
+        stack, stack.vllm["venv"], list(stack.vllm["packages"]), "vLLM (several GB: torch and CUDA libraries)"
+    )
+    changes = [install] if install else []
 
     plugin = stack.vllm["plugin"]
     if plugin["source"] == "unavailable":
@@ -160,9 +152,10 @@ def deploy_vllm(stack: Stack):
         changes.append(
             server.shell(
                 name="Install the HyperCLOVA X plugin into the vLLM venv (editable)",
-                commands=[f"{venv.path}/bin/pip install --no-deps -e {plugin['path']}"],
-                _sudo=True,
-                _sudo_user=stack.user.name,
+                commands=[
+                    f"{venv.path}/bin/pip install --no-deps -e {plugin['path']}",
+                    f"chown -R {stack.user.name}:{stack.user.name} {venv.path}",
+                ],
             )
         )
     return changes

@@ -1,0 +1,64 @@
+"""pip installs into the venvs under /models, done once: a stamp with the sha256 of what was asked
+decides, because `pip install` cannot tell pyinfra whether it changed anything.
+
+pip runs as root (its cache is root's, which the test host keeps across boots), then the venv is
+handed back to the kca user who owns /models.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+from pathlib import Path
+
+from pyinfra import host
+from pyinfra.facts.server import Command
+from pyinfra.operations import files
+
+from kca_stack import Stack
+
+from .util import streamed_shell
+
+# pip's own progress bars flood a log; these lines say what it is doing.
+PIP_PROGRESS = "awk '/^(Collecting|Successfully|ERROR|WARNING: Retrying)/ { print; fflush() }'"
+
+
+def _install(stack: Stack, venv: str, pip_args: str, digest: str, stamp: str, label: str):
+    installed = host.get_fact(Command, f"cat {stamp} 2>/dev/null || true")
+    if installed.strip() == digest:
+        return None
+    pip = f"{venv}/bin/pip install --progress-bar off {pip_args} 2>&1 | {PIP_PROGRESS}"
+    return streamed_shell(
+        name=f"Install {label} into {venv} (pinned)",
+        commands=[
+            f"bash -o pipefail -c {shlex.quote(pip)}",
+            f"chown -R {stack.user.name}:{stack.user.name} {venv}",
+            f"echo {digest} > {stamp}",
+        ],
+    )
+
+
+def ensure_requirements(stack: Stack, venv_name: str, requirements: str, label: str):
+    """Install a pinned requirements file of this repository. Returns the install operation, or None
+    when the venv already holds exactly this file."""
+    venv = stack.venvs[venv_name].path
+    local = Path(requirements)
+    remote = f"{venv}/{local.name}"
+    files.put(
+        name=f"Upload {local.name} to {venv}",
+        src=str(local),
+        dest=remote,
+        user=stack.user.name,
+        group=stack.user.name,
+        mode="0644",
+    )
+    digest = hashlib.sha256(local.read_bytes()).hexdigest()
+    return _install(stack, venv, f"-r {remote}", digest, f"{venv}/.kca-{local.stem}.sha256", label)
+
+
+def ensure_packages(stack: Stack, venv_name: str, packages: list[str], label: str):
+    """Install pinned package specs (e.g. vllm==0.10.2) once."""
+    venv = stack.venvs[venv_name].path
+    digest = hashlib.sha256("\n".join(sorted(packages)).encode()).hexdigest()
+    args = " ".join(shlex.quote(p) for p in packages)
+    return _install(stack, venv, args, digest, f"{venv}/.kca-packages.sha256", label)
