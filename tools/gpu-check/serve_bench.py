@@ -2,7 +2,15 @@
 """Start llama-server in a few configurations, time the load (launch -> GET /health 200),
 send real /v1/chat/completions requests and record the timings llama-server returns,
 plus the process's GPU memory as nvidia-smi reports it. Stdlib only."""
-import argparse, json, os, signal, subprocess, time, urllib.request, urllib.error
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--bin", required=True)
@@ -15,12 +23,14 @@ args = ap.parse_args()
 BASE = f"http://127.0.0.1:{args.port}"
 CASES = [
     ("gpu_ngl99", ["-ngl", "99", "-fa", "on", "-c", "4096"]),
-    ("ngl0", ["-ngl", "0", "-fa", "on", "-c", "4096"]),          # CUDA build, weights in RAM
+    ("ngl0", ["-ngl", "0", "-fa", "on", "-c", "4096"]),  # CUDA build, weights in RAM
     ("cpu_only", ["-ngl", "0", "--device", "none", "-fa", "on", "-c", "4096"]),  # no GPU at all
 ]
 SHORT = "Say hello in one short sentence."
-LONG = ("Here are some notes about running a small language model on a server. " * 40
-        + "\nSummarise the notes above in a few sentences, then explain why GPU offload helps.")
+LONG = (
+    "Here are some notes about running a small language model on a server. " * 40
+    + "\nSummarise the notes above in a few sentences, then explain why GPU offload helps."
+)
 
 
 def get(path, timeout=2):
@@ -29,31 +39,49 @@ def get(path, timeout=2):
 
 
 def chat(content, max_tokens):
-    body = {"messages": [{"role": "user", "content": content}], "max_tokens": max_tokens,
-            "temperature": 0, "ignore_eos": True, "cache_prompt": False}
-    req = urllib.request.Request(BASE + "/v1/chat/completions", data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
+    body = {
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "ignore_eos": True,
+        "cache_prompt": False,
+    }
+    req = urllib.request.Request(
+        BASE + "/v1/chat/completions", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
     t = time.perf_counter()
     with urllib.request.urlopen(req, timeout=120) as r:
         res = json.loads(r.read())
     wall = time.perf_counter() - t
-    return {"wall_s": round(wall, 4), "timings": res.get("timings"), "usage": res.get("usage"),
-            "text": res["choices"][0]["message"]["content"][:300]}
+    return {
+        "wall_s": round(wall, 4),
+        "timings": res.get("timings"),
+        "usage": res.get("usage"),
+        "text": res["choices"][0]["message"]["content"][:300],
+    }
 
 
 def gpu_mem(pid):
     out = {}
     try:
-        q = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,process_name,used_memory",
-                            "--format=csv,noheader"], capture_output=True, text=True, timeout=20).stdout
+        q = subprocess.run(
+            ["nvidia-smi", "--query-compute-apps=pid,process_name,used_memory", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        ).stdout
         out["compute_apps"] = q.strip().splitlines()
         out["this_pid_MiB"] = None
         for line in out["compute_apps"]:
             f = [x.strip() for x in line.split(",")]
             if f and f[0] == str(pid):
                 out["this_pid_MiB"] = f[-1]
-        g = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.used,memory.total",
-                            "--format=csv,noheader"], capture_output=True, text=True, timeout=20).stdout
+        g = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.used,memory.total", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        ).stdout
         out["gpu"] = g.strip()
     except Exception as e:  # noqa
         out["error"] = repr(e)
@@ -63,8 +91,9 @@ def gpu_mem(pid):
 results = {"model": args.model, "model_bytes": os.path.getsize(args.model), "cases": {}}
 for name, extra in CASES:
     cmd = [args.bin, "-m", args.model, "--host", "127.0.0.1", "--port", str(args.port)] + extra
-    logf = open(os.path.join(args.logdir, f"server-{name}.log"), "w")
-    logf.write("$ " + " ".join(cmd) + "\n"); logf.flush()
+    logf = open(os.path.join(args.logdir, f"server-{name}.log"), "w")  # noqa: SIM115 (held while the server runs)
+    logf.write("$ " + " ".join(cmd) + "\n")
+    logf.flush()
     t0 = time.perf_counter()
     p = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT)
     r = {"cmd": " ".join(cmd)}
@@ -99,16 +128,23 @@ for name, extra in CASES:
     try:
         p.wait(timeout=15)
     except subprocess.TimeoutExpired:
-        p.kill(); p.wait()
+        p.kill()
+        p.wait()
     logf.close()
     results["cases"][name] = r
-    t = lambda k: (r.get(k) or {}).get("timings") or {}
-    print(f"{name}: load {r['load_s']} s | short64 pp {t('short_64').get('prompt_n')} tok "
-          f"{t('short_64').get('prompt_per_second')} tok/s, tg {t('short_64').get('predicted_n')} tok "
-          f"{t('short_64').get('predicted_per_second')} tok/s | long64 pp {t('long_prompt_64').get('prompt_n')} tok "
-          f"{t('long_prompt_64').get('prompt_per_second')} tok/s, tg {t('long_prompt_64').get('predicted_per_second')} | "
-          f"long256 tg {t('long_prompt_256').get('predicted_per_second')} tok/s | "
-          f"GPU mem this pid {r.get('nvidia_smi', {}).get('this_pid_MiB')}", flush=True)
+
+    def t(k, r=r):
+        return (r.get(k) or {}).get("timings") or {}
+
+    print(
+        f"{name}: load {r['load_s']} s | short64 pp {t('short_64').get('prompt_n')} tok "
+        f"{t('short_64').get('prompt_per_second')} tok/s, tg {t('short_64').get('predicted_n')} tok "
+        f"{t('short_64').get('predicted_per_second')} tok/s | long64 pp {t('long_prompt_64').get('prompt_n')} tok "
+        f"{t('long_prompt_64').get('prompt_per_second')} tok/s, tg {t('long_prompt_64').get('predicted_per_second')} | "
+        f"long256 tg {t('long_prompt_256').get('predicted_per_second')} tok/s | "
+        f"GPU mem this pid {r.get('nvidia_smi', {}).get('this_pid_MiB')}",
+        flush=True,
+    )
     time.sleep(1)
 
 with open(args.out, "w") as f:
