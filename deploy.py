@@ -9,7 +9,7 @@ import sys
 from pyinfra import host
 
 from kca_stack import StackError, load_stack
-from tasks import base, llama_cpp, llm, models, secrets, units
+from tasks import base, dify, docker, firewall, llama_cpp, llm, models, openwebui, secrets, support, units
 
 try:
     stack = load_stack(host.data)
@@ -21,6 +21,8 @@ except StackError as error:
 # 1. The base layer: user, /models, directory tree, packages, Python environment.
 base.deploy_base(stack=stack)
 secrets.deploy_secrets(stack=stack)
+# Early: internal services listen on all addresses, so the firewall is in place before any starts.
+firewall.deploy_firewall(stack=stack)
 
 # 2. LLM services: llama.cpp built from the pinned source, models, vLLM, units, the GPU switch.
 llama_build = llama_cpp.deploy_llama_cpp(stack=stack)
@@ -36,3 +38,18 @@ llm_changes = {
     for name, unit_ops in llm_units.items()
 }
 units.activate(stack, [stack.services[name] for name in llm_units], llm_changes)
+
+# 3. Support services: embeddings, reranker, Docling (their venvs first: a stand-in model may be
+#    built with them).
+support_changes = support.deploy_support(stack=stack)
+support_models = models.deploy_models(stack=stack, kinds=("fastapi", "docling-serve"))
+units.activate(
+    stack,
+    [stack.services[name] for name in support_changes],
+    {name: ops + support_models for name, ops in support_changes.items()},
+)
+
+# 4. Docker, Open WebUI and Dify (the compose projects; started only where images can be pulled).
+docker_changes = docker.deploy_docker(stack=stack)
+openwebui.deploy_openwebui(stack=stack, docker_changes=docker_changes)
+dify.deploy_dify(stack=stack)

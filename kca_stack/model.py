@@ -200,10 +200,15 @@ class Stack:
     vllm: Mapping[str, Any] = field(default_factory=dict)
     systemd_hardening: Mapping[str, str] = field(default_factory=dict)
     systemd_relaxations: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    # Test host: each llama.cpp model file is a real small stand-in at the production path.
-    use_model_standins: bool = False
+    # Test host: model name -> its real small stand-in ({"artifact": NAME} or {"build": SCRIPT}),
+    # placed at the production path.
+    model_standins: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     # Group-level llama-server settings laid over every service's (the test host runs on the CPU).
     llama_server_overrides: Mapping[str, Any] = field(default_factory=dict)
+    # Docker engine, Open WebUI and Dify settings, kept as given for their task modules.
+    docker: Mapping[str, Any] = field(default_factory=dict)
+    openwebui: Mapping[str, Any] = field(default_factory=dict)
+    dify: Mapping[str, Any] = field(default_factory=dict)
 
     # --- derived views: computed, never stored twice -------------------------------------------------
 
@@ -262,6 +267,10 @@ class Stack:
             for other in self.services.values()
             if other.uses_gpu and other.name != service.name and other.name not in together
         ]
+
+    @property
+    def use_model_standins(self) -> bool:
+        return bool(self.model_standins)
 
     def unit_needs_gpu(self, service: Service) -> bool:
         """Whether the unit can only run with the GPU present: vLLM always; the others when the host

@@ -173,6 +173,20 @@ def check_references(stack: Stack) -> list[Problem]:
                 "name an entry of artifacts",
             )
         )
+    for model, standin in stack.model_standins.items():
+        if model not in stack.models:
+            problems.append(
+                Problem(f"model_standins.{model}", "stands in for an unknown model", "use a name from models")
+            )
+        artifact = standin.get("artifact")
+        if artifact is not None and artifact not in stack.artifacts:
+            problems.append(
+                Problem(
+                    f"model_standins.{model}.artifact",
+                    f"refers to the unknown artifact {artifact!r}",
+                    "name an entry of artifacts",
+                )
+            )
     for venv in stack.venvs.values():
         if not venv.path:
             problems.append(Problem(f"venvs.{venv.name}.path", "is empty", "give the venv a path"))
@@ -250,7 +264,40 @@ def check_paths(stack: Stack) -> list[Problem]:
     ]
 
 
-CHECKS = (check_kinds, check_ports, check_binds, check_references, check_vram, check_paths)
+def check_docker(stack: Stack) -> list[Problem]:
+    """Docker services name their compose service; the sources and secrets the Docker layer reads exist."""
+    problems = []
+    for s in stack.services.values():
+        if s.kind == "docker" and not s.settings.get("compose_service"):
+            problems.append(
+                Problem(
+                    f"services.{s.name}.compose_service",
+                    "a docker service needs the name of its service in the compose file",
+                    "set compose_service (e.g. 'web' for Dify's web UI)",
+                )
+            )
+    engine = stack.docker.get("engine", "docker-ce")
+    if engine not in ("docker-ce", "debian"):
+        problems.append(Problem("docker.engine", f"unknown engine {engine!r}", "use docker-ce or debian"))
+    source = stack.dify.get("source", "github")
+    if source not in ("github", "upload", "unavailable"):
+        problems.append(Problem("dify.source", f"unknown source {source!r}", "use github, upload or unavailable"))
+    names = {*stack.dify.get("secrets", {}).values(), stack.openwebui.get("secret_key_secret")}
+    for name in sorted(n for n in names if n):
+        if name not in stack.secrets:
+            problems.append(
+                Problem("secrets", f"{name!r} is used by the Docker layer but not declared", f"add secrets.{name}")
+            )
+    for key in ("service", "embedding_service", "reranker_service", "docling_service"):
+        name = stack.openwebui.get(key)
+        if name is not None and name not in stack.services:
+            problems.append(
+                Problem(f"openwebui.{key}", f"refers to the unknown service {name!r}", "use a name from services")
+            )
+    return problems
+
+
+CHECKS = (check_kinds, check_ports, check_binds, check_references, check_vram, check_paths, check_docker)
 
 
 def validate(stack: Stack) -> list[Problem]:

@@ -6,10 +6,12 @@ from __future__ import annotations
 from pyinfra import host, logger
 from pyinfra.api import deploy
 from pyinfra.facts.deb import DebPackages
-from pyinfra.facts.server import Command, LinuxDistribution
+from pyinfra.facts.server import LinuxDistribution
 from pyinfra.operations import apt, files, pip, server
 
 from kca_stack import Stack
+
+from .util import remote_output
 
 
 def os_profile(stack: Stack) -> dict:
@@ -87,8 +89,7 @@ def mount_models_filesystem(stack: Stack) -> None:
         return
 
     # One fact answers three questions: does the device exist, does it hold a filesystem, its UUID.
-    probe = host.get_fact(
-        Command,
+    probe = remote_output(
         f"if [ -b {fs.device} ]; then blkid -o export {fs.device} || echo NOFS=1; else echo MISSING=1; fi",
     )
     found = dict(line.split("=", 1) for line in (probe or "").splitlines() if "=" in line)

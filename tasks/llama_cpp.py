@@ -8,14 +8,12 @@ import hashlib
 import json
 import shlex
 
-from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.facts.server import Command
 from pyinfra.operations import files
 
 from kca_stack import Stack
 
-from .util import local_artifact, streamed_shell
+from .util import local_artifact, remote_output, streamed_shell
 
 
 def layout(stack: Stack) -> dict[str, str]:
@@ -77,7 +75,7 @@ def deploy_llama_cpp(stack: Stack):
             f"git -C {where['src']} checkout --force --detach {cpp.git_ref}",
         ]
 
-    installed = host.get_fact(Command, f"cat {where['build_id']} 2>/dev/null || true")
+    installed = remote_output(f"cat {where['build_id']} 2>/dev/null || true")
     if (installed or "").strip() == wanted:
         return None
 

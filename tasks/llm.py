@@ -8,7 +8,6 @@ import shlex
 
 from pyinfra import host, logger
 from pyinfra.api import deploy
-from pyinfra.facts.server import Command
 from pyinfra.operations import files, git, server
 
 from kca_stack import Service, Stack
@@ -16,7 +15,7 @@ from kca_stack import Service, Stack
 from . import llama_cpp
 from .python_envs import ensure_packages
 from .units import UnitSpec, install_unit
-from .util import systemd_command_line
+from .util import remote_output, systemd_command_line
 
 SOURCE = "tasks/llm.py"
 
@@ -145,9 +144,7 @@ def deploy_vllm(stack: Stack):
                 group=stack.user.name,
             )
         )
-    linked = host.get_fact(
-        Command, f"{venv.path}/bin/python -m pip show hcx-vllm-plugin 2>/dev/null | grep -c Location || true"
-    )
+    linked = remote_output(f"{venv.path}/bin/python -m pip show hcx-vllm-plugin 2>/dev/null | grep -c Location || true")
     if linked.strip() != "1" or any(c.will_change for c in changes):
         changes.append(
             server.shell(

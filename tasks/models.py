@@ -8,25 +8,72 @@ uploaded to the production file's path.
 
 from __future__ import annotations
 
+import hashlib
 import shlex
+from pathlib import Path
 
 from pyinfra import host, logger
 from pyinfra.api import deploy
-from pyinfra.facts.server import Command
 from pyinfra.operations import files
 
 from kca_stack import Stack
 from kca_stack.model import Model
 
-from .util import local_artifact, streamed_shell
+from .util import local_artifact, remote_output, streamed_shell
 
 FETCHER = "/usr/local/sbin/kca-fetch-model"
-STANDIN_ARTIFACT = "smollm2-gguf"
+STANDIN_BUILDER_DIR = "/usr/local/lib/kca"
 
 
 def models_of_kind(stack: Stack, kinds: tuple[str, ...]) -> list[Model]:
     names = {m for s in stack.services.values() if s.kind in kinds for m in s.models}
     return [stack.models[n] for n in sorted(names)]
+
+
+def place_standin(stack: Stack, model: Model) -> list:
+    """Put the model's real small stand-in where the production model lives."""
+    standin = stack.model_standins.get(model.name)
+    if standin is None:
+        logger.info(f"{host.name}: {model.name} has no stand-in here; it is not placed")
+        return []
+    owner = {"user": stack.user.name, "group": stack.user.name}
+    if "artifact" in standin:
+        local = local_artifact(stack.artifacts[standin["artifact"]])
+        if local.is_dir():
+            files.directory(name=f"Create {model.dir}", path=model.dir, **owner)
+            return [
+                files.sync(
+                    name=f"Place the stand-in model folder at {model.dir}",
+                    src=str(local),
+                    dest=model.dir,
+                    exclude=[".extracted"],
+                    delete=False,  # never delete under /models
+                    **owner,
+                )
+            ]
+        path = model.path_of("model")
+        files.directory(name=f"Create {model.dir}", path=model.dir, **owner)
+        return [files.put(name=f"Place the stand-in GGUF at {path}", src=str(local), dest=path, mode="0644", **owner)]
+    # A stand-in the host builds itself (deterministically) from another model's files.
+    script = Path(standin["build"])
+    digest = hashlib.sha256(script.read_bytes()).hexdigest()[:16]
+    remote = f"{STANDIN_BUILDER_DIR}/{script.name}"
+    base = stack.models[standin["base"]].dir
+    python = f"{stack.venvs['main'].path}/bin/python"
+    files.directory(name=f"Create {STANDIN_BUILDER_DIR}", path=STANDIN_BUILDER_DIR)
+    files.put(name=f"Upload {script.name}", src=str(script), dest=remote, mode="0644")
+    marker = f"{model.dir}/.standin-{digest}"
+    if remote_output(f"test -e {marker} && echo built || true") == "built":
+        return []
+    return [
+        streamed_shell(
+            name=f"Build the stand-in {model.name} from {standin['base']} (deterministic)",
+            commands=[
+                f"HF_HUB_OFFLINE=1 {python} {remote} --base {base} --out {model.dir}",
+                f"chown -R {stack.user.name}: {model.dir} && touch {marker}",
+            ],
+        )
+    ]
 
 
 def fetch_command(model: Model, role_file) -> tuple[str, str]:
@@ -52,23 +99,7 @@ def deploy_models(stack: Stack, kinds: tuple[str, ...]):
     wanted = models_of_kind(stack, kinds)
 
     if stack.use_model_standins:
-        standin = local_artifact(stack.artifacts[STANDIN_ARTIFACT])
-        for model in wanted:
-            path = model.path_of("model")
-            if path is None or not path.endswith(".gguf"):
-                continue  # vLLM and FastAPI models have their own stand-ins (or none) elsewhere
-            files.directory(name=f"Create {model.dir}", path=model.dir, user=stack.user.name, group=stack.user.name)
-            changes.append(
-                files.put(
-                    name=f"Place the stand-in GGUF at {path}",
-                    src=str(standin),
-                    dest=path,
-                    user=stack.user.name,
-                    group=stack.user.name,
-                    mode="0644",
-                )
-            )
-        return changes
+        return [op for model in wanted for op in place_standin(stack, model)]
 
     files.put(
         name=f"Install {FETCHER}",
@@ -80,7 +111,7 @@ def deploy_models(stack: Stack, kinds: tuple[str, ...]):
         files.directory(name=f"Create {model.dir}", path=model.dir, user=stack.user.name, group=stack.user.name)
         for role_file in model.files:
             command, marker = fetch_command(model, role_file)
-            present = host.get_fact(Command, f"test -e {shlex.quote(marker)} && echo present || true")
+            present = remote_output(f"test -e {shlex.quote(marker)} && echo present || true")
             if present == "present":
                 continue
             logger.info(f"{host.name}: {model.name}: {role_file.file or role_file.repo} will be fetched")

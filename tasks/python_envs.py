@@ -11,20 +11,18 @@ import hashlib
 import shlex
 from pathlib import Path
 
-from pyinfra import host
-from pyinfra.facts.server import Command
 from pyinfra.operations import files
 
 from kca_stack import Stack
 
-from .util import streamed_shell
+from .util import remote_output, streamed_shell
 
 # pip's own progress bars flood a log; these lines say what it is doing.
 PIP_PROGRESS = "awk '/^(Collecting|Successfully|ERROR|WARNING: Retrying)/ { print; fflush() }'"
 
 
 def _install(stack: Stack, venv: str, pip_args: str, digest: str, stamp: str, label: str):
-    installed = host.get_fact(Command, f"cat {stamp} 2>/dev/null || true")
+    installed = remote_output(f"cat {stamp} 2>/dev/null || true")
     if installed.strip() == digest:
         return None
     pip = f"{venv}/bin/pip install --progress-bar off {pip_args} 2>&1 | {PIP_PROGRESS}"

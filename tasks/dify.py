@@ -1,0 +1,199 @@
+"""Dify: the official release's docker/ folder at a pinned tag (checked by sha256), a .env with every
+upstream default secret replaced on the host, and a docker-compose.override.yaml that publishes
+exactly what the stack's port map says. `compose up` runs only where images can be pulled, only when
+something it reads changed, and only after the merged project was checked to publish nothing else."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+from pyinfra import host, logger
+from pyinfra.api import deploy
+from pyinfra.operations import files, server
+
+from kca_stack import Service, Stack
+
+from .docker import COMPOSE_PORTS, JINJA, compose_command, published_lines, render_with_secrets
+from .util import CACHE_DIR, remote_output, sha256_of
+
+SOURCE = "tasks/dify.py"
+ENV_TEMPLATE = "templates/opt/ai-platform/dify-official/docker/env.j2"
+OVERRIDE_TEMPLATE = "templates/opt/ai-platform/dify-official/docker/docker-compose.override.yaml.j2"
+PROJECT = "dify"
+
+
+def services(stack: Stack) -> list[Service]:
+    return [s for s in stack.services.values() if s.kind == "docker" and s.compose_project == PROJECT]
+
+
+def compose_name(service: Service) -> str:
+    return service.settings["compose_service"]
+
+
+def port_spec(service: Service, port) -> str:
+    return f"{service.bind}:{port.number}:{port.container_port or port.number}"
+
+
+def upstream_port_var(stack: Stack, service: Service, port) -> str | None:
+    """The .env variable through which upstream's own compose file publishes this port, if any."""
+    by_container_port = stack.dify["upstream_port_vars"].get(compose_name(service), {})
+    return by_container_port.get(str(port.container_port or port.number))
+
+
+def port_var_value(service: Service, port) -> str:
+    return str(port.number) if service.bind == "0.0.0.0" else f"{service.bind}:{port.number}"
+
+
+def port_vars(stack: Stack) -> list[tuple[str, str]]:
+    return [
+        (var, port_var_value(s, p)) for s in services(stack) for p in s.ports if (var := upstream_port_var(stack, s, p))
+    ]
+
+
+def expected_published(stack: Stack) -> list[tuple[str, str, int, int]]:
+    """(compose service, host ip, host port, container port): all the merged project may publish."""
+    return [(compose_name(s), s.bind, p.number, p.container_port or p.number) for s in services(stack) for p in s.ports]
+
+
+def override_services(stack: Stack) -> list[dict]:
+    """Ports upstream does not publish itself go in the override; a port variable upstream also
+    reads as a plain port (the API's plugin install port) is set back to the plain number there."""
+    rows: dict[str, dict] = {}
+    for s in services(stack):
+        for p in s.ports:
+            if upstream_port_var(stack, s, p) is None:
+                rows.setdefault(compose_name(s), {"ports": [], "environment": []})["ports"].append(port_spec(s, p))
+    values = dict(port_vars(stack))
+    for var, readers in stack.dify.get("port_var_readers", {}).items():
+        if var in values:
+            plain = values[var].rsplit(":", 1)[-1]
+            for compose_service, key in readers:
+                rows.setdefault(compose_service, {"ports": [], "environment": []})["environment"].append((key, plain))
+    return [{"name": name, **row} for name, row in sorted(rows.items())]
+
+
+def placeholder(secret: str) -> str:
+    return f"@@secret:{secret}@@"
+
+
+def env_context(stack: Stack) -> dict:
+    cfg = stack.dify
+    https = cfg["https"]
+    domain = stack.network["domain"]
+    secrets = [(key, placeholder(name)) for key, name in cfg["secrets"].items()]
+    return {
+        "source": SOURCE,
+        "tag": cfg["tag"],
+        "profiles": list(cfg["profiles"]) + (["certbot"] if https.get("certbot") else []),
+        "secrets": secrets,
+        "celery_broker_url": f"redis://:{placeholder(cfg['secrets']['REDIS_PASSWORD'])}@redis:6379/1",
+        "server_name": domain,
+        "https_enabled": "true" if https.get("enabled") else "false",
+        "certbot_enabled": "true" if https.get("certbot") else "false",
+        "certbot_email": https.get("email", "") if https.get("certbot") else "",
+        "certbot_domain": domain if https.get("certbot") else "",
+        "port_vars": port_vars(stack),
+        "environment": [(str(k), str(v)) for k, v in cfg.get("environment", {}).items()],
+    }
+
+
+def override_context(stack: Stack) -> dict:
+    return {"source": SOURCE, "tag": stack.dify["tag"], "services": override_services(stack)}
+
+
+def archive_name(stack: Stack) -> str:
+    return stack.dify["archive_file"].format(tag=stack.dify["tag"])
+
+
+def fetch_release(stack: Stack, folder: str):
+    """The release's docker/ folder, once per (tag, sha256). Returns the operation, or None when the
+    wanted release is already there."""
+    cfg = stack.dify
+    if not cfg.get("sha256"):
+        url = cfg["archive_url"].format(tag=cfg["tag"])
+        raise SystemExit(
+            f"{host.name}: dify.sha256 is unset, so the Dify {cfg['tag']} archive cannot be checked; nothing "
+            f"was fetched. Fix: run `curl -fsSL {url} | sha256sum` once and set dify.sha256 in group_data/all.py."
+        )
+    marker = f"{folder}/.kca-release"
+    wanted = f"{cfg['tag']} {cfg['sha256']}"
+    if (remote_output(f"cat {marker} 2>/dev/null || true") or "").strip() == wanted:
+        return None
+
+    archives = str(Path(folder).parent / "archives")
+    archive = f"{archives}/{archive_name(stack)}"
+    files.directory(name=f"Create {archives}", path=archives, mode="0755")
+    if cfg["source"] == "upload":
+        local = CACHE_DIR / "downloads" / archive_name(stack)
+        if not local.exists() or sha256_of(local) != cfg["sha256"]:
+            raise SystemExit(
+                f"dify.source is upload: {local} is missing or its sha256 is not {cfg['sha256']}. Fix: put the "
+                f"release archive ({cfg['archive_url'].format(tag=cfg['tag'])}) there."
+            )
+        files.put(name=f"Upload the Dify {cfg['tag']} archive", src=str(local), dest=archive, mode="0644")
+        download = []
+    else:
+        url = shlex.quote(cfg["archive_url"].format(tag=cfg["tag"]))
+        download = [f"curl -fsSL {url} -o {archive}.part", f"mv {archive}.part {archive}"]
+    return server.shell(
+        name=f"Unpack Dify {cfg['tag']}'s docker/ folder into {folder}",
+        commands=[
+            *download,
+            f"echo '{cfg['sha256']}  {archive}' | sha256sum -c --quiet",
+            # GitHub's tarball holds dify-<tag>/docker/...; .env, the override and volumes/*/data are ours.
+            f"tar -xzf {archive} -C {folder} --strip-components=2 --wildcards '*/docker/*'",
+            f"echo '{wanted}' > {marker}",
+        ],
+    )
+
+
+@deploy("Dify")
+def deploy_dify(stack: Stack) -> None:
+    cfg = stack.dify
+    folder = stack.paths["dify"]
+    if cfg["source"] == "unavailable":
+        logger.warning(
+            f"{host.name}: Dify's release archive cannot be reached here (dify.source = unavailable): "
+            "Dify is not installed. Its .env and override are tested offline (tests/unit/test_compose_rendering.py)."
+        )
+        return
+
+    release = fetch_release(stack, folder)
+    env_ops = render_with_secrets("Dify environment", ENV_TEMPLATE, f"{folder}/.env", env_context(stack))
+    override = files.template(
+        name=f"Install {folder}/docker-compose.override.yaml",
+        src=OVERRIDE_TEMPLATE,
+        dest=f"{folder}/docker-compose.override.yaml",
+        mode="0644",
+        user="root",
+        group="root",
+        jinja_env_kwargs=JINJA,
+        **override_context(stack),
+    )
+
+    if not stack.docker["pull_images"]:
+        logger.warning(f"{host.name}: images cannot be pulled here (docker.pull_images is false): Dify is not started.")
+        return
+
+    compose = f"{compose_command(stack)} -p {PROJECT}"
+    config = f"{compose} config --format json" if compose.startswith("docker compose") else f"{compose} config"
+    expected = published_lines(expected_published(stack))
+    # Checked on the host, after the merge, before anything starts: upstream cannot open a port.
+    check = (
+        f"expected={shlex.quote(expected)}; actual=$({config} | {COMPOSE_PORTS}) || exit 1; "
+        'if [ "$actual" != "$expected" ]; then echo "Dify would publish:" >&2; echo "$actual" >&2; '
+        'echo "the stack says:" >&2; echo "$expected" >&2; exit 1; fi'
+    )
+    up = f"{compose} up -d --remove-orphans"
+    running = remote_output(f"docker ps -q --filter label=com.docker.compose.project={PROJECT} 2>/dev/null || true")
+    changed = [op for op in (release, override, *env_ops) if op is not None]
+    if (running or "").strip():
+        server.shell(
+            name="Recreate the Dify services whose configuration changed",
+            commands=[check, up],
+            _chdir=folder,
+            _if=lambda: any(op.did_change() for op in changed),
+        )
+    else:
+        server.shell(name="Start Dify", commands=[check, up], _chdir=folder)

@@ -1,0 +1,195 @@
+"""Docker engine: Docker's apt repository at pinned versions (production) or Debian's docker.io with
+compose v1 (the test host), by data; daemon.json with log rotation (and the NVIDIA runtime where the
+GPU layer is present); the shared ai-network; and the two host-side helpers the compose projects use
+(kca-render-secrets, kca-compose-ports)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from io import BytesIO
+
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.facts.files import File
+from pyinfra.operations import apt, files, server, systemd
+
+from kca_stack import Stack
+
+from .base import os_profile, packages_missing
+from .util import remote_output
+
+SOURCE = "tasks/docker.py"
+RENDER_SECRETS = "/usr/local/sbin/kca-render-secrets"
+COMPOSE_PORTS = "/usr/local/sbin/kca-compose-ports"
+SECRET_TEMPLATES = "/etc/kca/templates"
+JINJA = {"trim_blocks": True, "lstrip_blocks": True, "keep_trailing_newline": True}
+
+
+def compose_command(stack: Stack) -> str:
+    """Compose v2 (the plugin from Docker's repository) or v1 (Debian's docker-compose)."""
+    return "docker compose" if stack.docker["engine"] == "docker-ce" else "docker-compose"
+
+
+def daemon_config(stack: Stack) -> dict:
+    config = {
+        "log-driver": stack.docker["log_driver"],
+        "log-opts": dict(stack.docker["log_opts"]),
+    }
+    if stack.gpu.present:
+        # What `nvidia-ctk runtime configure --runtime=docker` writes; the GPU layer installs the
+        # toolkit. Declared, not made the default: only containers that ask for it get the GPU.
+        config["runtimes"] = {"nvidia": {"path": "nvidia-container-runtime", "args": []}}
+    return config
+
+
+def docker_ce_packages(stack: Stack) -> list[str]:
+    """`name=version` for each pinned package of this OS (apt installs exactly that version)."""
+    versions = os_profile(stack)["docker_ce"]["versions"]
+    return [f"{name}={version}" for name, version in versions.items()]
+
+
+@deploy("Docker engine")
+def deploy_docker(stack: Stack):
+    """Returns the operations whose change means containers should be recreated (daemon.json)."""
+    if stack.docker["engine"] == "docker-ce":
+        install_docker_ce(stack)
+    else:
+        wanted = list(stack.docker["debian_packages"])
+        apt.packages(
+            name=f"Install {', '.join(wanted)} (Debian's Docker, compose v1)",
+            packages=wanted,
+            update=bool(packages_missing(wanted)),
+            no_recommends=True,
+        )
+
+    files.directory(name="Create /etc/docker", path="/etc/docker", mode="0755")
+    daemon_json = files.put(
+        name="Configure the Docker daemon (log rotation, runtimes)",
+        src=BytesIO((json.dumps(daemon_config(stack), indent=2, sort_keys=True) + "\n").encode()),
+        dest="/etc/docker/daemon.json",
+        mode="0644",
+    )
+    systemd.service(name="Enable and start docker", service="docker.service", enabled=True, running=True)
+    systemd.service(
+        name="Restart docker (daemon.json changed)",
+        service="docker.service",
+        restarted=True,
+        _if=daemon_json.did_change,
+    )
+
+    network = stack.network["docker_network"]
+    present = remote_output(f"docker network inspect {shlex.quote(network)} >/dev/null 2>&1 && echo yes || true")
+    if (present or "").strip() != "yes":
+        server.shell(
+            name=f"Create the Docker network {network}",
+            # Guarded again on the host: the fact was read before Docker was installed on a new host.
+            commands=[
+                f"docker network inspect {shlex.quote(network)} >/dev/null 2>&1"
+                f" || docker network create --driver bridge {shlex.quote(network)}"
+            ],
+        )
+
+    install_helpers()
+    return [daemon_json]
+
+
+def install_docker_ce(stack: Stack) -> None:
+    repo = stack.docker["apt_repo"]
+    profile = os_profile(stack)["docker_ce"]
+    distro = profile["distro"]
+    keyring = repo["keyring"]
+
+    apt.packages(
+        name="Install what checks Docker's repository key",
+        packages=["ca-certificates", "curl", "gnupg"],
+        update=bool(packages_missing(["ca-certificates", "curl", "gnupg"])),
+        no_recommends=True,
+    )
+    files.directory(name="Create /etc/apt/keyrings", path="/etc/apt/keyrings", mode="0755")
+    if not host.get_fact(File, path=keyring):
+        fingerprint = repo["key_fingerprint"].replace(" ", "").upper()
+        tmp = f"{keyring}.new"
+        server.shell(
+            name="Fetch Docker's repository key and check its fingerprint",
+            commands=[
+                f"curl -fsSL {shlex.quote(repo['key_url'].format(distro=distro))} -o {tmp}",
+                f"gpg --show-keys --with-colons {tmp} | grep -q '^fpr:::::::::{fingerprint}:'"
+                f" || {{ echo 'Docker repository key: fingerprint is not {fingerprint}' >&2; rm -f {tmp}; exit 1; }}",
+                f"install -m 0644 {tmp} {keyring} && rm -f {tmp}",
+            ],
+        )
+    arch = (remote_output("dpkg --print-architecture") or "amd64").strip()
+    sources = files.template(
+        name="Add Docker's apt repository",
+        src="templates/etc/apt/sources.list.d/docker.sources.j2",
+        dest="/etc/apt/sources.list.d/docker.sources",
+        mode="0644",
+        source=SOURCE,
+        url=repo["url"].format(distro=distro),
+        suite=profile["codename"],
+        components=repo["components"],
+        arch=arch,
+        keyring=keyring,
+    )
+    apt.update(name="Refresh the package index (Docker's repository changed)", _if=sources.did_change)
+    pinned = docker_ce_packages(stack)
+    apt.packages(
+        name=f"Install Docker ({', '.join(pinned)})",
+        packages=pinned,
+        no_recommends=True,
+        # A downgrade to the pinned version is what the data asks for.
+        allow_downgrades=True,
+        # Refresh the index only when something must be installed: a converged host stays quiet.
+        update=bool(packages_missing([p.split("=")[0] for p in pinned])),
+    )
+
+
+def install_helpers() -> None:
+    files.directory(name=f"Create {SECRET_TEMPLATES}", path=SECRET_TEMPLATES, mode="0700")
+    files.put(
+        name="Install kca-render-secrets (puts the host's secrets into rendered files)",
+        src="templates/usr/local/sbin/kca-render-secrets",
+        dest=RENDER_SECRETS,
+        mode="0755",
+    )
+    files.put(
+        name="Install kca-compose-ports (what a compose project publishes)",
+        src="templates/usr/local/sbin/kca-compose-ports",
+        dest=COMPOSE_PORTS,
+        mode="0755",
+    )
+
+
+def render_with_secrets(label: str, template: str, dest: str, context: dict):
+    """Upload `template` (placeholders only) to /etc/kca/templates and have the host build `dest`
+    from it with the secret files. Runs only when the uploaded template changed or `dest` is
+    missing, so a converged host reports no change. Returns the operations whose change means
+    `dest` changed."""
+    staged = f"{SECRET_TEMPLATES}/{dest.strip('/').replace('/', '_')}.in"
+    uploaded = files.template(
+        name=f"Upload the {label} template (secrets as placeholders)",
+        src=template,
+        dest=staged,
+        mode="0600",
+        user="root",
+        group="root",
+        jinja_env_kwargs=JINJA,
+        **context,
+    )
+    command = f"{RENDER_SECRETS} {shlex.quote(staged)} {shlex.quote(dest)} 0600"
+    if host.get_fact(File, path=dest):
+        rendered = server.shell(
+            name=f"Render {dest} with the host's secrets", commands=[command], _if=uploaded.did_change
+        )
+    else:
+        rendered = server.shell(name=f"Render {dest} with the host's secrets (missing)", commands=[command])
+    return [uploaded, rendered]
+
+
+def published_lines(rows: list[tuple[str, str, int, int]]) -> str:
+    """The expected output of kca-compose-ports for (compose service, host ip, published, target)."""
+    return "\n".join(
+        f"{service} {ip} {published} {target}/tcp"
+        for service, ip, published, target in sorted(rows, key=lambda r: (r[0], r[1], str(r[2]), str(r[3])))
+    )

@@ -1,0 +1,101 @@
+"""The three support services: BGE-M3 embeddings and the BGE reranker (FastAPI apps of this
+repository, apps/) and Docling (docling-serve, pinned). Each from a venv described in data, each
+restarted when its code, venv or model changed."""
+
+from __future__ import annotations
+
+from pyinfra.api import deploy
+from pyinfra.operations import files
+
+from kca_stack import Service, Stack
+
+from .python_envs import ensure_requirements
+from .units import UnitSpec, install_unit
+from .util import systemd_command_line
+
+SOURCE = "tasks/support.py"
+
+
+def venv_python(stack: Stack, service: Service) -> str:
+    return f"{stack.venvs[service.settings['venv']].path}/bin/python"
+
+
+def fastapi_spec(stack: Stack, service: Service) -> UnitSpec:
+    s = service.settings
+    model = stack.models[service.models[0]]
+    limits = s.get("limits", {})
+    environment = [
+        ("KCA_MODEL_PATH", model.dir),
+        ("KCA_MODEL_NAME", model.name),
+        ("KCA_DEVICE", s["device"]),
+        ("KCA_PRECISION", s["precision"]),
+        ("KCA_BATCH_SIZE", str(s.get("batch_size", 32))),
+        ("KCA_MAX_ITEMS", str(limits.get("max_items", 256))),
+        ("KCA_MAX_TEXT_CHARS", str(limits.get("max_text_chars", 32768))),
+        ("KCA_MAX_BODY_BYTES", str(limits.get("max_body_bytes", 8388608))),
+        # The model is on disk already: a hub lookup could only slow the start down or fail.
+        ("HF_HUB_OFFLINE", "1"),
+        ("HF_HOME", "%C/kca-support/huggingface"),
+    ]
+    argv = [venv_python(stack, service), s["app"]["dest"], "--host", service.bind, "--port", str(service.port)]
+    return UnitSpec(
+        exec_start=systemd_command_line(argv),
+        environment=environment,
+        extra_directives=["CacheDirectory=kca-support"],
+    )
+
+
+def docling_spec(stack: Stack, service: Service) -> UnitSpec:
+    s = service.settings
+    venv = stack.venvs[s["venv"]].path
+    environment = [
+        ("DOCLING_DEVICE", s["device"]),
+        ("DOCLING_SERVE_ARTIFACTS_PATH", s["artifacts_dir"]),
+        ("DOCLING_SERVE_SCRATCH_PATH", s["scratch_dir"]),
+        # Models are placed ahead of time; the service never downloads at boot.
+        ("DOCLING_SERVE_LOAD_MODELS_AT_BOOT", "false"),
+        ("DOCLING_SERVE_ENABLE_UI", "false"),
+        ("DOCLING_SERVE_MAX_FILE_SIZE", str(s.get("max_file_size", 104857600))),
+        ("HF_HUB_OFFLINE", "1"),
+        ("HF_HOME", "%C/kca-docling/huggingface"),
+        ("OMP_NUM_THREADS", str(s.get("threads", 4))),
+    ]
+    secret = s["api_key_secret"]
+    serve = f"{venv}/bin/docling-serve run --host {service.bind} --port {service.port}"
+    # docling-serve takes its key from the environment only: read the credential at start.
+    command = f'DOCLING_SERVE_API_KEY="$(cat "$CREDENTIALS_DIRECTORY/{secret}")" exec {serve}'
+    return UnitSpec(
+        exec_start=systemd_command_line(["/bin/sh", "-c", command]),
+        environment=environment,
+        extra_directives=["CacheDirectory=kca-docling", f"ReadWritePaths={s['scratch_dir']}"],
+    )
+
+
+@deploy("Support services")
+def deploy_support(stack: Stack):
+    """Venvs, code and units of the FastAPI and docling-serve services; returns {service: [ops]}."""
+    changes: dict[str, list] = {}
+    venv_ops: dict[tuple[str, str], object] = {}
+    for service in stack.services_of_kind("fastapi") + stack.services_of_kind("docling-serve"):
+        s = service.settings
+        key = (s["venv"], s["requirements"])
+        if key not in venv_ops:
+            venv_ops[key] = ensure_requirements(stack, s["venv"], s["requirements"], service.kind)
+        ops = [venv_ops[key]]
+        if service.kind == "fastapi":
+            ops.append(
+                files.put(
+                    name=f"Install {s['app']['dest']}",
+                    src=s["app"]["src"],
+                    dest=s["app"]["dest"],
+                    user="root",
+                    group=stack.user.name,
+                    mode="0644",
+                )
+            )
+            spec = fastapi_spec(stack, service)
+        else:
+            spec = docling_spec(stack, service)
+        ops.append(install_unit(stack, service, spec, SOURCE))
+        changes[service.name] = ops
+    return changes

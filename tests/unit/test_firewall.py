@@ -1,0 +1,123 @@
+"""The nftables ruleset rendered from the committed data holds exactly the port map's external and
+internal sets, keeps SSH and established traffic first, replaces only its own table, and nft accepts
+it (checked in a throwaway network namespace, so this machine's firewall is never touched)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import jinja2
+import pytest
+
+from kca_stack import build_stack
+from kca_stack.data import group_data
+from kca_stack.firewall import (
+    TABLE,
+    docker_published_internal_ports,
+    external_ports,
+    internal_ports,
+    ruleset_context,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+GROUPS = ["testhost", "production"]
+
+
+def render(stack) -> str:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(ROOT)), trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True
+    )
+    return env.get_template("templates/etc/kca/firewall.nft.j2").render(source="test", **ruleset_context(stack))
+
+
+def set_elements(ruleset: str, name: str) -> set[int]:
+    body = re.search(rf"set {name} \{{(.*?)\n\t\}}", ruleset, re.S).group(1)
+    found = re.search(r"elements = \{(.*?)\}", body, re.S)
+    return {int(x) for x in found.group(1).replace(",", " ").split()} if found else set()
+
+
+def chain(ruleset: str, name: str) -> list[str]:
+    body = re.search(rf"chain {name} \{{(.*?)\n\t\}}", ruleset, re.S).group(1)
+    return [line.strip() for line in body.splitlines() if line.strip() and not line.strip().startswith("#")]
+
+
+@pytest.fixture(params=GROUPS)
+def stack(request):
+    return build_stack(group_data(request.param))
+
+
+def test_port_sets_partition_the_port_map(stack):
+    every = {port.number for port, _ in stack.port_map()}
+    assert set(external_ports(stack)) | set(internal_ports(stack)) == every
+    assert not set(external_ports(stack)) & set(internal_ports(stack))
+    for port, service in stack.port_map():
+        assert (port.number in external_ports(stack)) == (service.exposure == "external"), service.name
+
+
+def test_docker_published_internal_ports_are_the_containers_internal_ports(stack):
+    expected = {
+        p.number for s in stack.services.values() if s.kind == "docker" and s.exposure == "internal" for p in s.ports
+    }
+    assert set(docker_published_internal_ports(stack)) == expected
+    # The design document's internal container ports.
+    assert {3000, 3128, 5003, 5432, 6379} <= expected
+
+
+def test_ruleset_sets_are_exactly_the_port_map(stack):
+    ruleset = render(stack)
+    assert set_elements(ruleset, "external_tcp") == set(external_ports(stack))
+    assert set_elements(ruleset, "internal_tcp") == set(internal_ports(stack))
+    # SSH is never in the port map's sets: it has a rule of its own.
+    assert stack.network["ssh_port"] not in set_elements(ruleset, "internal_tcp")
+
+
+def test_ruleset_replaces_only_its_own_table(stack):
+    statements = [
+        line
+        for line in render(stack).splitlines()
+        if line.strip() and not line.startswith("#") and not line[0].isspace()
+    ]
+    assert statements[:3] == [f"table inet {TABLE} {{}}", f"delete table inet {TABLE}", f"table inet {TABLE} {{"]
+    assert "flush ruleset" not in render(stack)
+
+
+def test_established_and_ssh_come_first(stack):
+    rules = chain(render(stack), "input")
+    assert rules[0].startswith("type filter hook input") and "policy drop" in rules[0]
+    assert rules[1] == "ct state established,related accept"
+    ssh = next(i for i, r in enumerate(rules) if r.startswith(f"tcp dport {stack.network['ssh_port']} accept"))
+    external = next(i for i, r in enumerate(rules) if "@external_tcp" in r)
+    assert ssh < external
+    # Internal ports: only from a Docker bridge AND a Docker subnet.
+    internal = [r for r in rules if "@internal_tcp" in r]
+    assert internal and all(r.startswith("iifname ") and "saddr @docker_v" in r for r in internal)
+
+
+def test_forward_guard_matches_the_original_port(stack):
+    rules = chain(render(stack), "forward")
+    assert "meta l4proto tcp ct original proto-dst @external_tcp accept" in " ".join(rules)
+    assert rules[-1].startswith("counter drop")
+
+
+@pytest.mark.skipif(shutil.which("nft") is None, reason="nft is not installed (apt-get install nftables)")
+def test_nft_accepts_the_ruleset(stack, tmp_path):
+    path = tmp_path / "kca.nft"
+    path.write_text(render(stack))
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare is not installed: cannot check in a throwaway network namespace")
+    probe = subprocess.run(["unshare", "-n", "true"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot create a network namespace here: {probe.stderr.strip()}")
+    check = subprocess.run(["unshare", "-n", "nft", "-c", "-f", str(path)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+    # Loading it twice in a namespace: the create-delete-create prologue makes it idempotent.
+    twice = subprocess.run(
+        ["unshare", "-n", "sh", "-c", f"nft -f {path} && nft -f {path} && nft list table inet {TABLE}"],
+        capture_output=True,
+        text=True,
+    )
+    assert twice.returncode == 0, twice.stderr
+    assert "ct original proto-dst @external_tcp" in twice.stdout
