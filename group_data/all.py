@@ -354,6 +354,11 @@ services = {
         # Layout/table/OCR models for PDFs, fetched ahead (docling-tools models download ... -o DIR);
         # with them in place, nothing is downloaded at boot.
         "artifacts_dir": "/models/docling/artifacts",
+        # How the models get there: docling-tools (from the hub, once) | unavailable (no hub: every
+        # conversion needs them, DOCX and HTML included, as docling-serve 1.38 sets up the PDF
+        # pipeline first; the service still runs, answers /health and checks its API key).
+        "layout_models": "docling-tools",
+        "layout_model_names": ["layout", "tableformer", "rapidocr"],
         "scratch_dir": "/models/docling/scratch",
         "max_file_size": 104857600,
         "api_key_secret": "docling-api-key",

@@ -40,6 +40,8 @@ vllm_plugin_source = "unavailable"
 service_overrides = {
     "bge-embedding": {"device": "cpu", "precision": "fp32", "embedding_dim": 384},
     "bge-reranker": {"device": "cpu", "precision": "fp32"},
+    # Docling's layout/table/OCR models come only from the hub: the conversion boundary of this host.
+    "docling": {"layout_models": "unavailable"},
 }
 
 # Debian's own Docker (docker.io + docker-compose v1.29): Docker's repository is not reachable here,

@@ -4,6 +4,7 @@ restarted when its code, venv or model changed."""
 
 from __future__ import annotations
 
+from pyinfra import host, logger
 from pyinfra.api import deploy
 from pyinfra.operations import files
 
@@ -11,7 +12,7 @@ from kca_stack import Service, Stack
 
 from .python_envs import ensure_requirements
 from .units import UnitSpec, install_unit
-from .util import systemd_command_line
+from .util import remote_output, streamed_shell, systemd_command_line
 
 SOURCE = "tasks/support.py"
 
@@ -71,6 +72,29 @@ def docling_spec(stack: Stack, service: Service) -> UnitSpec:
     )
 
 
+def fetch_docling_models(stack: Stack, service: Service):
+    """Docling's layout, table and OCR models into artifacts_dir, once (a marker says complete)."""
+    s = service.settings
+    if s.get("layout_models") == "unavailable":
+        logger.warning(
+            f"{host.name}: Docling's models cannot be fetched here (layout_models = unavailable): "
+            "docling-serve runs and answers /health, conversions need the models."
+        )
+        return None
+    marker = f"{s['artifacts_dir']}/.kca-models-complete"
+    if remote_output(f"test -e {marker} && echo present || true") == "present":
+        return None
+    venv = stack.venvs[s["venv"]].path
+    names = " ".join(s["layout_model_names"])
+    return streamed_shell(
+        name=f"Fetch Docling's models ({names}) into {s['artifacts_dir']}",
+        commands=[
+            f"{venv}/bin/docling-tools models download {names} -o {s['artifacts_dir']}",
+            f"chown -R {stack.user.name}: {s['artifacts_dir']} && touch {marker}",
+        ],
+    )
+
+
 @deploy("Support services")
 def deploy_support(stack: Stack):
     """Venvs, code and units of the FastAPI and docling-serve services; returns {service: [ops]}."""
@@ -96,6 +120,7 @@ def deploy_support(stack: Stack):
             spec = fastapi_spec(stack, service)
         else:
             spec = docling_spec(stack, service)
+            ops.append(fetch_docling_models(stack, service))
         ops.append(install_unit(stack, service, spec, SOURCE))
         changes[service.name] = ops
     return changes

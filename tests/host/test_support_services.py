@@ -285,14 +285,22 @@ def test_unknown_path_and_wrong_method_use_the_error_shape(service_url, service,
 ROWS = [["Region", "Sales"], ["North", "42"]]
 
 
-def test_docling_converts_a_docx(service_url, secret):
+@pytest.fixture
+def docling_models(stack_service):
+    """Every docling-serve 1.38 conversion (DOCX and HTML too) first sets up the PDF pipeline, whose
+    layout model comes from the hub only: where the data says the models cannot be had, stop there."""
+    if stack_service("docling").get("layout_models") == "unavailable":
+        pytest.skip("Docling's layout models are unavailable on this host (layout_models = unavailable)")
+
+
+def test_docling_converts_a_docx(service_url, secret, docling_models):
     docx_type = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
     markdown = convert(service_url, secret, "report.docx", make_docx("Quarterly Report", ROWS), docx_type)
     assert "# Quarterly Report" in markdown
     assert table_row(markdown, ROWS[0]) and table_row(markdown, ROWS[1]), markdown
 
 
-def test_docling_converts_html(service_url, secret):
+def test_docling_converts_html(service_url, secret, docling_models):
     markdown = convert(service_url, secret, "report.html", make_html("Team Roster", ROWS), "text/html")
     assert "# Team Roster" in markdown
     assert table_row(markdown, ROWS[0]) and table_row(markdown, ROWS[1]), markdown
