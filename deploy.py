@@ -9,7 +9,7 @@ import sys
 from pyinfra import host
 
 from kca_stack import StackError, load_stack
-from tasks import base, dify, docker, firewall, llama_cpp, llm, models, openwebui, secrets, support, units
+from tasks import base, dify, docker, firewall, llama_cpp, llm, models, nvidia, openwebui, secrets, support, units
 
 try:
     stack = load_stack(host.data)
@@ -24,7 +24,9 @@ secrets.deploy_secrets(stack=stack)
 # Early: internal services listen on all addresses, so the firewall is in place before any starts.
 firewall.deploy_firewall(stack=stack)
 
-# 2. LLM services: llama.cpp built from the pinned source, models, vLLM, units, the GPU switch.
+# 2. The GPU layer, then the LLM services: llama.cpp built from the pinned source, models, vLLM,
+#    units, the GPU switch.
+nvidia.deploy_nvidia(stack=stack)
 llama_build = llama_cpp.deploy_llama_cpp(stack=stack)
 llm_models = models.deploy_models(stack=stack, kinds=("llama.cpp", "vllm"))
 vllm_changes = llm.deploy_vllm(stack=stack)

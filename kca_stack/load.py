@@ -267,6 +267,7 @@ def build_stack(data: Mapping[str, Any]) -> Stack:
                 **({"source": data["vllm_plugin_source"]} if "vllm_plugin_source" in data else {}),
             },
         },
+        nvidia=dict(r.get(data, "nvidia", "data", Mapping, {})),
         systemd_hardening=dict(r.get(data, "systemd_hardening", "data", Mapping, {})),
         systemd_relaxations=dict(r.get(data, "systemd_relaxations", "data", Mapping, {})),
         model_standins=dict(r.get(data, "model_standins", "data", Mapping, {})),

@@ -198,6 +198,7 @@ class Stack:
     artifacts: Mapping[str, Artifact]
     secrets: Mapping[str, Mapping[str, Any]]
     vllm: Mapping[str, Any] = field(default_factory=dict)
+    nvidia: Mapping[str, Any] = field(default_factory=dict)
     systemd_hardening: Mapping[str, str] = field(default_factory=dict)
     systemd_relaxations: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     # Test host: model name -> its real small stand-in ({"artifact": NAME} or {"build": SCRIPT}),

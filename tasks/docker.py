@@ -23,7 +23,7 @@ SOURCE = "tasks/docker.py"
 RENDER_SECRETS = "/usr/local/sbin/kca-render-secrets"
 COMPOSE_PORTS = "/usr/local/sbin/kca-compose-ports"
 SECRET_TEMPLATES = "/etc/kca/templates"
-JINJA = {"trim_blocks": True, "lstrip_blocks": True, "keep_trailing_newline": True}
+JINJA = {"trim_blocks": True, "lstrip_blocks": True}
 
 
 def compose_command(stack: Stack) -> str:

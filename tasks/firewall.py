@@ -18,7 +18,7 @@ SOURCE = "tasks/firewall.py"
 RULESET = "/etc/kca/firewall.nft"
 STAGED = "/etc/kca/firewall.nft.staged"
 UNIT = "kca-firewall.service"
-JINJA = {"trim_blocks": True, "lstrip_blocks": True, "keep_trailing_newline": True}
+JINJA = {"trim_blocks": True, "lstrip_blocks": True}
 
 
 @deploy("Firewall")

@@ -25,7 +25,13 @@ def _install(stack: Stack, venv: str, pip_args: str, digest: str, stamp: str, la
     installed = remote_output(f"cat {stamp} 2>/dev/null || true")
     if installed.strip() == digest:
         return None
-    pip = f"{venv}/bin/pip install --progress-bar off {pip_args} 2>&1 | {PIP_PROGRESS}"
+    # /tmp may be a small tmpfs: CUDA wheels (~1 GB each) are unpacked on disk instead. The whole log
+    # stays on the host; the run shows its progress lines, and the log's tail when pip fails.
+    log = f"{venv}/.kca-pip.log"
+    pip = (
+        f"TMPDIR=/var/tmp {venv}/bin/pip install --progress-bar off {pip_args} 2>&1 | tee {log} | {PIP_PROGRESS}"
+        f" || {{ tail -n 30 {log}; exit 1; }}"
+    )
     return streamed_shell(
         name=f"Install {label} into {venv} (pinned)",
         commands=[
