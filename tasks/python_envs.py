@@ -18,7 +18,10 @@ from kca_stack import Stack
 from .util import remote_output, streamed_shell
 
 # pip's own progress bars flood a log; these lines say what it is doing.
-PIP_PROGRESS = "awk '/^(Collecting|Successfully|ERROR|WARNING: Retrying)/ { print; fflush() }'"
+PIP_PROGRESS = (
+    "awk '/^(Collecting|Installing collected|Successfully|ERROR|WARNING: Retrying)/ "
+    "{ print substr($0, 1, 160); fflush() }'"
+)
 
 
 def _install(stack: Stack, venv: str, pip_args: str, digest: str, stamp: str, label: str):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pyinfra.operations import files, systemd
+from pyinfra.operations import files, server, systemd
 
 from kca_stack import Service, Stack
 
@@ -83,10 +83,11 @@ def activate(stack: Stack, services: list[Service], changed_ops: dict[str, list]
             running=True if (at_boot and runnable) else None,
         )
         if ops:
-            systemd.service(
+            # try-restart decides on the host, at that moment: a stopped unit stays stopped (a plain
+            # restart would start it, and its Conflicts= would stop what shares the GPU).
+            server.shell(
                 name=f"Restart {service.unit} if running (its unit, binary or model changed)",
-                service=service.unit,
-                restarted=True,
+                commands=[f"systemctl try-restart {service.unit}"],
                 _if=_any_changed(ops),
             )
 

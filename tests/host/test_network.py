@@ -184,3 +184,13 @@ def test_rendered_configs_modes(host, stack):
     # No placeholder is left and no secret is in the world-readable compose file.
     assert "@@secret:" not in host.file(stack.openwebui["env_file"]).content_string
     assert "@@secret:" not in host.file(f"{stack.paths['openwebui']}/docker-compose.yml").content_string
+
+
+def test_firewall_reapplied_without_dropping_the_ssh_session(host):
+    """Re-load the ruleset through the very SSH session testinfra holds, then use that session again:
+    established traffic is accepted first and the table is swapped in one transaction."""
+    from tasks.firewall import RULESET
+
+    reload = host.run(f"nft -f {RULESET} && echo reloaded")
+    assert reload.rc == 0 and "reloaded" in reload.stdout, reload.stderr
+    assert host.run("echo still-here").stdout.strip() == "still-here"
