@@ -320,3 +320,34 @@ def test_docling_refuses_requests_without_the_api_key(service_url, headers):
 def test_docling_health_is_open(service_url):
     response = requests.get(f"{service_url('docling')}/health", timeout=TIMEOUT)
     assert response.status_code == 200 and response.json()["status"] == "ok"
+
+
+# --- Restart on failure -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["bge-embedding", "bge-reranker", "docling"])
+def test_killed_service_is_restarted_by_systemd(host, stack, name):
+    """kill -9 of the main process: systemd restarts it (Restart=on-failure) and it answers again
+    within the restart delay plus its start time (TimeoutStartSec bounds the wait)."""
+    import time
+
+    unit = stack.services[name].unit
+    port = stack.services[name].port
+    show = host.check_output(f"systemctl show -p MainPID -p RestartUSec -p TimeoutStartUSec {unit}")
+    props = dict(line.split("=", 1) for line in show.splitlines())
+    old_pid = int(props["MainPID"])
+    assert old_pid > 0, f"{unit} is not running"
+    host.run(f"kill -9 {old_pid}")
+    started = time.monotonic()
+    deadline = started + 600
+    while time.monotonic() < deadline:
+        if host.run(f"curl -sf -m 2 http://127.0.0.1:{port}/health").rc == 0:
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail(f"{unit} did not answer /health again after kill -9")
+    new_pid = int(host.check_output(f"systemctl show -p MainPID --value {unit}"))
+    assert new_pid not in (0, old_pid)
+    print(
+        f"\n{unit}: answering again {time.monotonic() - started:.1f} s after kill -9 (RestartSec={props['RestartUSec']})"
+    )
