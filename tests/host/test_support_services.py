@@ -348,6 +348,5 @@ def test_killed_service_is_restarted_by_systemd(host, stack, name):
         pytest.fail(f"{unit} did not answer /health again after kill -9")
     new_pid = int(host.check_output(f"systemctl show -p MainPID --value {unit}"))
     assert new_pid not in (0, old_pid)
-    print(
-        f"\n{unit}: answering again {time.monotonic() - started:.1f} s after kill -9 (RestartSec={props['RestartUSec']})"
-    )
+    back = time.monotonic() - started
+    print(f"\n{unit}: answering again {back:.1f} s after kill -9 (RestartSec={props['RestartUSec']})")
