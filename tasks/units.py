@@ -36,32 +36,38 @@ def conditions_of(stack: Stack, service: Service) -> list[str]:
     return conditions
 
 
+def unit_context(stack: Stack, service: Service, spec: UnitSpec, source: str) -> dict:
+    """Everything the unit template needs: the data of one service, computed here, not in Jinja."""
+    return {
+        "source": source,
+        "title": service.title,
+        "kind": service.kind,
+        "port": service.port,
+        "exposure": service.exposure,
+        "description": f"kca {service.title} ({service.kind}, port {service.port})",
+        "conditions": conditions_of(stack, service),
+        "conflicts": [other.unit for other in stack.conflicts_of(service)],
+        # Not `user`: files.template takes that as the file's owner.
+        "service_user": stack.user.name,
+        "environment": spec.environment,
+        "credentials": credentials_of(stack, service),
+        "exec_start": spec.exec_start,
+        "restart_sec": spec.restart_sec,
+        "timeout_start": spec.timeout_start,
+        "extra_directives": spec.extra_directives,
+        "hardening": stack.hardening_of(service),
+    }
+
+
 def install_unit(stack: Stack, service: Service, spec: UnitSpec, source: str):
     """Render the unit file; returns the operation (its change restarts the service)."""
-    port = service.port
     return files.template(
         name=f"Install {service.unit}",
         src=UNIT_TEMPLATE,
         dest=f"{stack.paths['units']}/{service.unit}",
         mode="0644",
         jinja_env_kwargs=JINJA,
-        source=source,
-        title=service.title,
-        kind=service.kind,
-        port=port,
-        exposure=service.exposure,
-        description=f"kca {service.title} ({service.kind}, port {port})",
-        conditions=conditions_of(stack, service),
-        conflicts=[other.unit for other in stack.conflicts_of(service)],
-        # Not `user`: files.template takes that as the file's owner.
-        service_user=stack.user.name,
-        environment=spec.environment,
-        credentials=credentials_of(stack, service),
-        exec_start=spec.exec_start,
-        restart_sec=spec.restart_sec,
-        timeout_start=spec.timeout_start,
-        extra_directives=spec.extra_directives,
-        hardening=stack.hardening_of(service),
+        **unit_context(stack, service, spec, source),
     )
 
 

@@ -1,0 +1,106 @@
+"""The systemd units rendered from the data, without a host: command lines built as argument lists,
+the GPU rule as Conflicts=, the GPU condition, hardening with every relaxation explained."""
+
+from __future__ import annotations
+
+import shlex
+
+import jinja2
+import pytest
+
+from kca_stack import build_stack
+from kca_stack.data import group_data
+from tasks import llm, support
+from tasks.units import JINJA, UNIT_TEMPLATE, unit_context
+from tasks.util import systemd_command_line, systemd_quote
+
+SPECS = {
+    "llama.cpp": llm.llama_server_spec,
+    "vllm": llm.vllm_spec,
+    "fastapi": support.fastapi_spec,
+    "docling-serve": support.docling_spec,
+}
+
+
+def render(stack, service) -> str:
+    """The unit as pyinfra renders it: the same template, the same context."""
+    spec = SPECS[service.kind](stack, service)
+    environment = jinja2.Environment(loader=jinja2.FileSystemLoader("."), keep_trailing_newline=True, **JINJA)
+    return environment.get_template(UNIT_TEMPLATE).render(**unit_context(stack, service, spec, "test"))
+
+
+def directives(text: str) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if "=" in line and not line.startswith("#"):
+            key, value = line.split("=", 1)
+            found.setdefault(key, []).append(value)
+    return found
+
+
+@pytest.fixture(params=["testhost", "production"])
+def stack(request):
+    return build_stack(group_data(request.param))
+
+
+def test_every_unit_listens_where_the_data_says(stack):
+    for service in stack.systemd_services():
+        exec_start = directives(render(stack, service))["ExecStart"][0]
+        argv = shlex.split(exec_start.replace("$$", "$"))
+        joined = " ".join(argv)
+        assert f"--port {service.port}" in joined, (service.name, exec_start)
+        assert f"--host {service.bind}" in joined, (service.name, exec_start)
+
+
+def test_conflicts_and_gpu_condition(stack):
+    for service in stack.systemd_services():
+        found = directives(render(stack, service))
+        conflicts = set(" ".join(found.get("Conflicts", [])).split())
+        assert conflicts == {c.unit for c in stack.conflicts_of(service)}
+        has_condition = f"{stack.gpu.device_node}" in found.get("ConditionPathExists", [])
+        assert has_condition == stack.unit_needs_gpu(service)
+    hyperclova = stack.services["hyperclova"]
+    assert {s.unit for s in stack.conflicts_of(hyperclova)} >= {
+        stack.services[n].unit for n in ("gpt-oss", "exaone", "qwen3-vl", "bge-embedding", "bge-reranker")
+    }
+
+
+def test_every_relaxation_says_why(stack):
+    for service in stack.systemd_services():
+        lines = render(stack, service).splitlines()
+        for index, line in enumerate(lines):
+            key = line.split("=", 1)[0]
+            baseline = stack.systemd_hardening.get(key)
+            if baseline is not None and "=" in line and line.split("=", 1)[1] != baseline:
+                assert lines[index - 1].startswith("# relaxed: "), (service.name, line)
+
+
+def test_secrets_reach_units_as_credentials_only(stack):
+    for service in stack.systemd_services():
+        text = render(stack, service)
+        secret = service.settings.get("api_key_secret")
+        if secret:
+            assert f"LoadCredential={secret}:{stack.paths['secrets']}/{secret}" in text
+            assert f"{stack.paths['secrets']}/{secret}" not in directives(text)["ExecStart"][0]
+
+
+def test_llama_server_flags_come_from_the_data():
+    stack = build_stack(group_data("production"))
+    argv = llm.llama_server_argv(stack, stack.services["qwen3-vl"])
+    assert argv[argv.index("--mmproj") + 1] == stack.models["qwen3-vl-8b"].path_of("mmproj")
+    assert argv[argv.index("--api-key-file") + 1] == "%d/llm-api-key"
+    gpt = llm.llama_server_argv(stack, stack.services["gpt-oss"])
+    assert gpt[gpt.index("--chat-template-kwargs") + 1] == '{"reasoning_effort": "high"}'
+    test = build_stack(group_data("testhost"))
+    cpu = llm.llama_server_argv(test, test.services["gpt-oss"])
+    assert cpu[cpu.index("--n-gpu-layers") + 1] == "0"
+    assert "--mmproj" not in llm.llama_server_argv(test, test.services["qwen3-vl"])
+
+
+@pytest.mark.parametrize(
+    ("arg", "quoted"),
+    [("plain-arg", "plain-arg"), ("100%", "'100%%'"), ("$HOME", "'$$HOME'"), ('{"a": 1}', "'{\"a\": 1}'")],
+)
+def test_systemd_quoting(arg, quoted):
+    assert systemd_quote(arg) == quoted
+    assert systemd_command_line(["x", "%d/key"], keep_specifiers=("%d/key",)) == "x %d/key"
