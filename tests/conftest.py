@@ -8,10 +8,7 @@ then `production`; `--kca-group` overrides).
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -21,8 +18,8 @@ sys.path.insert(0, str(ROOT))
 
 from kca_stack import build_stack  # noqa: E402
 from kca_stack.data import group_data  # noqa: E402
+from kca_stack.reach import TESTHOST_ADDRESS, Tunnels, ssh_args  # noqa: E402
 
-TESTHOST_ADDRESS = "10.213.7.2"
 STATE_DIR = Path(os.environ.get("KCA_STATE_DIR", "/var/lib/kca-testhost"))
 TESTHOST_KEY = STATE_DIR / "ssh" / "id_ed25519"
 
@@ -59,56 +56,24 @@ def target_address(pytestconfig) -> str:
 
 @pytest.fixture(scope="session")
 def ssh_target(pytestconfig) -> list[str]:
-    """ssh arguments that reach the target as the tests do (the test host's key, or the user's own
-    ssh setup for --hosts=ssh://user@server)."""
+    """ssh arguments that reach the target as the tests do."""
     spec = pytestconfig.option.hosts.split(",")[0].split("://", 1)[-1].split("?")[0]
-    args = ["-o", "BatchMode=yes", "-o", "ExitOnForwardFailure=yes"]
-    if TESTHOST_ADDRESS in spec:
-        args += ["-i", str(TESTHOST_KEY), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]
-    return [*args, spec]
+    return ssh_args(spec, TESTHOST_KEY)
 
 
 @pytest.fixture(scope="session")
 def service_url(stack, target_address, ssh_target):
-    """The URL of a service as seen from this machine. External services are reached directly;
-    internal ones through an SSH tunnel to the host's loopback, as an operator would: the firewall
-    (rightly) drops them from here."""
-    tunnels: dict[str, tuple[str, subprocess.Popen]] = {}
+    """The URL of a service as seen from this machine (internal ones through an SSH tunnel)."""
+    tunnels = Tunnels(ssh_target)
 
     def url(name: str) -> str:
         service = stack.services[name]
         if service.exposure == "external":
             return f"http://{target_address}:{service.port}"
-        if name not in tunnels:
-            local = _free_port()
-            forward = ["ssh", "-N", "-L", f"127.0.0.1:{local}:127.0.0.1:{service.port}", *ssh_target]
-            process = subprocess.Popen(forward, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            _wait_for_port(local, process)
-            tunnels[name] = (f"http://127.0.0.1:{local}", process)
-        return tunnels[name][0]
+        return f"http://127.0.0.1:{tunnels.local_port(service.port)}"
 
     yield url
-    for _, process in tunnels.values():
-        process.terminate()
-        process.wait(timeout=10)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_for_port(port: int, process: subprocess.Popen, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"ssh tunnel failed: {process.stderr.read().decode()[-500:]}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise TimeoutError(f"ssh tunnel to local port {port} did not open in {timeout:g} s")
+    tunnels.close()
 
 
 @pytest.fixture(scope="session")
