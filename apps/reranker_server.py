@@ -1,6 +1,7 @@
 """Rerank server (BGE reranker v2-m3 in production), in the shape Dify and Open WebUI call.
 
-Deployed to the host as one file and run by systemd:
+Deployed to the host next to kca_service_common.py (settings, errors, body limit, /health,
+/v1/models and the command line shared with bge_embedding_server.py) and run by systemd:
 
     VENV/bin/python reranker_server.py --host HOST --port PORT
 
@@ -22,130 +23,21 @@ Every error is a JSON body {"error": {"message", "type"}} with a 4xx/5xx status.
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
-import os
-import sys
-import threading
 import time
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
+import kca_service_common
 import numpy as np
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from kca_service_common import ApiError, Settings
 
 log = logging.getLogger("reranker_server")
 
 
-# --- configuration (same names and rules as bge_embedding_server.py) --------------------------
-
-
-@dataclass(frozen=True)
-class Settings:
-    model_path: str
-    model_name: str
-    device: str
-    precision: str
-    batch_size: int
-    max_items: int
-    max_text_chars: int
-    max_body_bytes: int
-
-
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name, str(default))
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SystemExit(f"{name}={raw!r} is not an integer") from None
-    if value < 1:
-        raise SystemExit(f"{name}={value} must be >= 1")
-    return value
-
-
-def load_settings() -> Settings:
-    """Read and check the environment once; a bad setting stops the process with its reason."""
-    model_path = os.environ.get("KCA_MODEL_PATH", "")
-    if not model_path:
-        raise SystemExit("KCA_MODEL_PATH is not set (a local model folder)")
-    device = os.environ.get("KCA_DEVICE", "cpu")
-    if device not in ("cuda", "cpu"):
-        raise SystemExit(f"KCA_DEVICE={device!r}: use cuda or cpu")
-    precision = os.environ.get("KCA_PRECISION", "fp32")
-    if precision not in ("fp16", "fp32"):
-        raise SystemExit(f"KCA_PRECISION={precision!r}: use fp16 or fp32")
-    if precision == "fp16" and device != "cuda":
-        # Half precision on CPU is slow and loses accuracy for nothing.
-        raise SystemExit("KCA_PRECISION=fp16 needs KCA_DEVICE=cuda")
-    return Settings(
-        model_path=model_path,
-        model_name=os.environ.get("KCA_MODEL_NAME") or os.path.basename(model_path.rstrip("/")),
-        device=device,
-        precision=precision,
-        batch_size=_env_int("KCA_BATCH_SIZE", 32),
-        max_items=_env_int("KCA_MAX_ITEMS", 256),
-        max_text_chars=_env_int("KCA_MAX_TEXT_CHARS", 32768),
-        max_body_bytes=_env_int("KCA_MAX_BODY_BYTES", 8 * 1024 * 1024),
-    )
-
-
-# --- errors and request bodies ----------------------------------------------------------------
-
-
-class ApiError(Exception):
-    """An error answered as {"error": {...}}; raised anywhere in request handling."""
-
-    def __init__(self, status: int, message: str, kind: str = "invalid_request_error"):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.kind = kind
-
-
-def error_response(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
-    return JSONResponse(status_code=status, content={"error": {"message": message, "type": kind}})
-
-
-async def read_json_body(request: Request, max_bytes: int) -> dict[str, Any]:
-    """Read at most max_bytes of body and parse it as a JSON object.
-
-    The limit is checked before parsing, by counting bytes while reading: a chunked body has
-    no length and a declared one may be wrong. A body somewhat over the limit is read to its
-    end without being kept, so the client is done sending and reads the 413.
-    """
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > 2 * max_bytes:
-        # Far too large: refuse without reading (the client may see the connection close).
-        raise ApiError(413, f"request body is larger than {max_bytes} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    too_large = False
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            # Keep reading but stop storing, so the client gets to read the 413;
-            # give up (and let the connection close) after another max_bytes.
-            too_large = True
-            if size > 2 * max_bytes:
-                break
-            continue
-        chunks.append(chunk)
-    if too_large:
-        raise ApiError(413, f"request body is larger than {max_bytes} bytes")
-    try:
-        body = json.loads(b"".join(chunks))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ApiError(400, f"body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "body must be a JSON object")
-    return body
+# --- request bodies (errors and the body limit: kca_service_common.py) ------------------------
 
 
 def check_text(name: str, value: Any, settings: Settings) -> str:
@@ -188,18 +80,8 @@ def parse_top_n(value: Any, count: int) -> int:
 # --- the model --------------------------------------------------------------------------------
 
 
-class Reranker:
+class Reranker(kca_service_common.ModelHolder):
     """The loaded cross-encoder; one forward pass at a time (one GPU, predictable memory)."""
-
-    def __init__(self, settings: Settings):
-        self.settings = settings
-        self.model: Any = None
-        self.error: str | None = None
-        self._lock = threading.Lock()
-
-    @property
-    def ready(self) -> bool:
-        return self.model is not None
 
     def load(self) -> None:
         # Imported here so /health answers "loading" while torch itself is still importing.
@@ -250,78 +132,23 @@ class Reranker:
         return 1.0 / (1.0 + np.exp(-logits)), tokens
 
 
-def load_in_background(reranker: Reranker) -> None:
-    """Load the model; a model that cannot load ends the process so systemd restarts it."""
-    try:
-        reranker.load()
-    except Exception as exc:  # noqa: BLE001 - any failure here is fatal and must be logged
-        log.exception("model load failed")
-        reranker.error = str(exc)
-        logging.shutdown()
-        os._exit(3)
-
-
 # --- the app ----------------------------------------------------------------------------------
 
 
 def create_app(settings: Settings) -> FastAPI:
     reranker = Reranker(settings)
-    created = int(time.time())
-
-    @asynccontextmanager
-    async def lifespan(_: FastAPI):
-        threading.Thread(target=load_in_background, args=(reranker,), daemon=True).start()
-        yield
-
-    app = FastAPI(title="reranker-server", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = kca_service_common.create_base_app("reranker-server", settings, reranker, log)
     app.state.reranker = reranker
 
-    # One error shape for everything, FastAPI's own 404/405/422 included.
-    @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status, exc.message, exc.kind)
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(400, f"invalid request: {exc.errors()}")
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error_response(exc.status_code, str(exc.detail))
-
-    @app.get("/health")
-    async def health() -> JSONResponse:
-        if not reranker.ready:
-            return JSONResponse(status_code=503, content={"status": "loading"})
-        return JSONResponse(
-            content={
-                "status": "ok",
-                "model": settings.model_name,
-                "device": settings.device,
-                "precision": settings.precision,
-            }
-        )
-
-    @app.get("/v1/models")
-    async def models() -> dict[str, Any]:
-        return {
-            "object": "list",
-            "data": [{"id": settings.model_name, "object": "model", "created": created, "owned_by": "kca"}],
-        }
-
     async def rerank(request: Request) -> JSONResponse:
-        body = await read_json_body(request, settings.max_body_bytes)
+        body = await kca_service_common.read_json_body(request, settings.max_body_bytes)
         query = check_text("query", body.get("query"), settings)
         documents = parse_documents(body.get("documents"), settings)
         top_n = parse_top_n(body.get("top_n"), len(documents))
         return_documents = body.get("return_documents", True)
         if not isinstance(return_documents, bool):
             raise ApiError(400, "'return_documents' must be true or false")
-        model = body.get("model")
-        if model is not None and not isinstance(model, str):
-            raise ApiError(400, "'model' must be a string")
-        if not reranker.ready:
-            raise ApiError(503, "model is still loading", "service_unavailable")
+        kca_service_common.check_model_and_ready(body, reranker)
 
         scores, tokens = await run_in_threadpool(reranker.score, query, documents)
         # Stable sort: equal scores keep the order the caller sent.
@@ -347,14 +174,7 @@ def create_app(settings: Settings) -> FastAPI:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8006)
-    parser.add_argument("--log-level", default="info")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
-    app = create_app(load_settings())
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    kca_service_common.main(__doc__, 8006, create_app, argv)
 
 
 if __name__ == "__main__":

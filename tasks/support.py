@@ -4,6 +4,8 @@ restarted when its code, venv or model changed."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pyinfra import host, logger
 from pyinfra.api import deploy
 from pyinfra.operations import files
@@ -15,6 +17,7 @@ from .units import UnitSpec, install_unit
 from .util import remote_output, streamed_shell, systemd_command_line
 
 SOURCE = "tasks/support.py"
+COMMON = Path("apps/kca_service_common.py")
 
 
 def venv_python(stack: Stack, service: Service) -> str:
@@ -107,6 +110,17 @@ def deploy_support(stack: Stack):
             venv_ops[key] = ensure_requirements(stack, s["venv"], s["requirements"], service.kind)
         ops = [venv_ops[key]]
         if service.kind == "fastapi":
+            # The apps share kca_service_common.py; a script's own folder is first on sys.path.
+            ops.append(
+                files.put(
+                    name=f"Install {COMMON.name} beside {s['app']['dest']}",
+                    src=str(COMMON),
+                    dest=f"{Path(s['app']['dest']).parent}/{COMMON.name}",
+                    user="root",
+                    group=stack.user.name,
+                    mode="0644",
+                )
+            )
             ops.append(
                 files.put(
                     name=f"Install {s['app']['dest']}",
