@@ -32,7 +32,7 @@ def listening_ports(host) -> set[int]:
 
 
 @pytest.fixture(scope="module")
-def port_table(host, stack, target_address):
+def port_table(host, stack, target_address, request):
     listening = listening_ports(host)
     rows = []
     for port, service in stack.port_map():
@@ -45,10 +45,18 @@ def port_table(host, stack, target_address):
                 "reachable": reachable(target_address, port.number),
             }
         )
-    print(f"\nPort map on {target_address} (from this machine, {CONNECT_TIMEOUT:g} s timeout):")
-    print(f"{'port':>5}  {'service':<20} {'exposure':<9} {'listening':<9} reachable")
-    for r in rows:
-        print(f"{r['port']:>5}  {r['service']:<20} {r['exposure']:<9} {r['listening']!s:<9} {r['reachable']}")
+    lines = [
+        f"Port map on {target_address} (from this machine, {CONNECT_TIMEOUT:g} s timeout):",
+        f"{'port':>5}  {'service':<20} {'exposure':<9} {'listening':<9} reachable",
+        *(
+            f"{r['port']:>5}  {r['service']:<20} {r['exposure']:<9} {r['listening']!s:<9} {r['reachable']}"
+            for r in rows
+        ),
+    ]
+    # Shown even under pytest's output capture: the table is the point of this module.
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled():
+        print("\n" + "\n".join(lines))
     return {r["port"]: r for r in rows}
 
 
