@@ -115,7 +115,8 @@ class Reranker(kca_service_common.ModelHolder):
             [query] * len(documents),
             documents,
             truncation=True,
-            max_length=self.model.max_length,
+            # sentence-transformers 6 renamed CrossEncoder.max_length to max_seq_length.
+            max_length=getattr(self.model, "max_seq_length", None) or self.model.max_length,
         )
         return sum(len(ids) for ids in encoded["input_ids"])
 
