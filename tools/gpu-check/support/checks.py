@@ -1,4 +1,4 @@
-# ruff: noqa: E501, SIM115, B905 -- kept byte-for-byte as it ran on the GPU machine (docs/gpu-check.md)
+# ruff: noqa: E501, SIM115, B905 -- the script as it ran on the GPU machine (docs/gpu-check.md), only reformatted
 """Start the project's embedding and reranker servers, check them, benchmark them.
 
 Run from the repository root:  python3 .gpu/support/run/checks.py MODELS_DIR OUT_DIR
