@@ -33,10 +33,13 @@ vllm_changes = llm.deploy_vllm(stack=stack)
 llm_units = llm.deploy_llm_units(stack=stack)
 llm.install_switch(stack=stack)
 
+
 llm_changes = {
-    name: [*unit_ops, llama_build if stack.services[name].kind == "llama.cpp" else None]
-    + (vllm_changes if stack.services[name].kind == "vllm" else [])
-    + llm_models
+    name: units.restart_triggers(
+        stack.services[name],
+        [*unit_ops, *(vllm_changes if stack.services[name].kind == "vllm" else [llama_build])],
+        llm_models,
+    )
     for name, unit_ops in llm_units.items()
 }
 units.activate(stack, [stack.services[name] for name in llm_units], llm_changes)
@@ -48,7 +51,7 @@ support_models = models.deploy_models(stack=stack, kinds=("fastapi", "docling-se
 units.activate(
     stack,
     [stack.services[name] for name in support_changes],
-    {name: ops + support_models for name, ops in support_changes.items()},
+    {name: units.restart_triggers(stack.services[name], ops, support_models) for name, ops in support_changes.items()},
 )
 
 # 4. Docker, Open WebUI and Dify (the compose projects; started only where images can be pulled).

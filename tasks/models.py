@@ -93,13 +93,15 @@ def fetch_command(model: Model, role_file) -> tuple[str, str]:
 
 @deploy("Models")
 def deploy_models(stack: Stack, kinds: tuple[str, ...]):
-    """Place the model files of the services of `kinds`. Returns the operations that changed a
-    model file (the services restart when theirs changed)."""
-    changes = []
+    """Place the model files of the services of `kinds`. Returns {model: [operations]}: a service
+    restarts when one of its own models changed."""
     wanted = models_of_kind(stack, kinds)
+    changes: dict[str, list] = {model.name: [] for model in wanted}
 
     if stack.use_model_standins:
-        return [op for model in wanted for op in place_standin(stack, model)]
+        for model in wanted:
+            changes[model.name] = place_standin(stack, model)
+        return changes
 
     files.put(
         name=f"Install {FETCHER}",
@@ -115,7 +117,7 @@ def deploy_models(stack: Stack, kinds: tuple[str, ...]):
             if present == "present":
                 continue
             logger.info(f"{host.name}: {model.name}: {role_file.file or role_file.repo} will be fetched")
-            changes.append(
+            changes[model.name].append(
                 streamed_shell(
                     name=f"Fetch {model.name} ({role_file.role}: {role_file.file or 'snapshot'})",
                     commands=[command, f"chown -R {stack.user.name}: {shlex.quote(model.dir)}"],

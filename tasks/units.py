@@ -71,6 +71,12 @@ def install_unit(stack: Stack, service: Service, spec: UnitSpec, source: str):
     )
 
 
+def restart_triggers(service: Service, own: list, model_ops: dict[str, list]) -> list:
+    """What restarts a service: its own operations (unit, binary, venv) and those that changed one of
+    its own models."""
+    return own + [op for model in service.models for op in model_ops.get(model, [])]
+
+
 def activate(stack: Stack, services: list[Service], changed_ops: dict[str, list]) -> None:
     """Enable what starts at boot, start it, and restart a running service whose unit, binary or
     model changed. Services outside the boot scenario are left as the operator (or kca-gpu-switch)
