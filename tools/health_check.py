@@ -4,7 +4,7 @@
 
 External services are asked directly at the target's address, internal ones through an SSH tunnel to
 the host's loopback. Each row: the unit's state on the host (active, inactive, skipped: condition
-unmet), GET /health (or a TCP connect for services without HTTP health), and the answer time.
+unmet), GET /health (for a compose service: whether the host listens on its port), the answer time.
 Exit 1 when a service that should run at boot does not answer.
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -30,29 +29,25 @@ from kca_stack.reach import TESTHOST_ADDRESS, Tunnels, ssh_args  # noqa: E402
 TESTHOST_KEY = Path(os.environ.get("KCA_STATE_DIR", "/var/lib/kca-testhost")) / "ssh" / "id_ed25519"
 
 
-def unit_states(ssh_target: list[str], units: list[str]) -> dict[str, str]:
-    """active / inactive / skipped (condition unmet) for each unit, in one ssh round trip."""
-    script = "; ".join(
-        f"echo {u} $(systemctl is-active {u}) $(systemctl show -p ConditionResult --value {u})" for u in units
-    )
+def host_state(ssh_target: list[str], units: list[str]) -> tuple[dict[str, str], set[int]]:
+    """Each unit's active state and the TCP ports something listens on, in one ssh round trip."""
+    script = "; ".join(f"echo unit {u} $(systemctl is-active {u})" for u in units) + "; ss -Htln"
     out = subprocess.run(["ssh", *ssh_target, script], capture_output=True, text=True, check=True).stdout
-    states = {}
+    states, listening = {}, set()
     for line in out.splitlines():
-        unit, active, condition = (line.split() + ["", ""])[:3]
-        states[unit] = "skipped (no GPU)" if active != "active" and condition == "no" else active
-    return states
+        fields = line.split()
+        if fields[:1] == ["unit"]:
+            states[fields[1]] = fields[2] if len(fields) > 2 else "unknown"
+        elif len(fields) >= 4:
+            listening.add(int(fields[3].rsplit(":", 1)[1]))
+    return states, listening
 
 
-def probe(address: str, port: int, http: bool) -> tuple[str, float]:
+def probe_http(address: str, port: int) -> tuple[str, float]:
     started = time.monotonic()
     try:
-        if http:
-            response = requests.get(f"http://{address}:{port}/health", timeout=5)
-            answer = f"HTTP {response.status_code}"
-        else:
-            with socket.create_connection((address, port), timeout=3):
-                answer = "TCP open"
-    except (requests.RequestException, OSError):
+        answer = f"HTTP {requests.get(f'http://{address}:{port}/health', timeout=5).status_code}"
+    except requests.RequestException:
         answer = "no answer"
     return answer, time.monotonic() - started
 
@@ -66,20 +61,27 @@ def main() -> int:
     target = ssh_args(args.target, TESTHOST_KEY)
     address = args.target.split("@")[-1]
     services = [s for s in stack.services.values() if s.port]
-    states = unit_states(target, [s.unit for s in services if s.unit])
+    states, listening = host_state(target, [s.unit for s in services if s.unit])
     tunnels = Tunnels(target)
     problems = 0
     print(f"{'service':20} {'unit / project':34} {'port':>5} {'exposure':9} {'state':17} {'health':12} {'ms':>6}")
     try:
         for s in services:
-            state = states.get(s.unit, "-") if s.unit else f"compose {s.compose_project}"
-            should_answer = s.is_systemd and stack.starts_at_boot(s) and not state.startswith("skipped")
-            if s.is_systemd and state != "active":
+            gpu_missing = stack.unit_needs_gpu(s) and not stack.gpu.present
+            if not s.is_systemd:
+                state = f"compose {s.compose_project}"
+            else:
+                state = "skipped (no GPU)" if gpu_missing else states.get(s.unit, "unknown")
+            should_answer = s.is_systemd and stack.starts_at_boot(s) and not gpu_missing
+            if not s.is_systemd:
+                # No HTTP health of their own here: whether the host listens on the port says enough.
+                answer, seconds = ("listening" if s.port in listening else "not listening"), 0.0
+            elif state != "active":
                 answer, seconds = "-", 0.0
             elif s.exposure == "external":
-                answer, seconds = probe(address, s.port, s.is_systemd)
+                answer, seconds = probe_http(address, s.port)
             else:
-                answer, seconds = probe("127.0.0.1", tunnels.local_port(s.port), s.is_systemd)
+                answer, seconds = probe_http("127.0.0.1", tunnels.local_port(s.port))
             if should_answer and answer != "HTTP 200":
                 problems += 1
             print(
