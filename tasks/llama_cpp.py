@@ -66,7 +66,9 @@ def deploy_llama_cpp(stack: Stack):
         fetch = [
             f"echo {artifact.sha256}  {shlex.quote(archive)} | sha256sum -c --quiet",
             f"rm -rf {where['src']} && mkdir -p {where['src']}",
-            f"tar -xzf {shlex.quote(archive)} -C {where['src']} --strip-components={depth} --exclude=.git {artifact.subdir}",
+            # The sdist's tree carries a .git file that points outside it: left out.
+            f"tar -xzf {shlex.quote(archive)} -C {where['src']} --strip-components={depth} --exclude=.git "
+            f"{artifact.subdir}",
         ]
     else:
         fetch = [
