@@ -235,13 +235,6 @@ class Stack:
     def services_of_kind(self, kind: str) -> list[Service]:
         return [s for s in self.services.values() if s.kind == kind]
 
-    def scenario_of_large(self, large: str) -> Scenario:
-        """The scenario in which the large service `large` holds the GPU."""
-        for scenario in self.scenarios.values():
-            if large in scenario.services:
-                return scenario
-        raise KeyError(large)
-
     def boot_services(self) -> set[str]:
         """GPU services that start at boot: those of the boot scenario."""
         return set(self.scenarios[self.gpu.boot_scenario].services)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shlex
+from io import BytesIO
 
 from pyinfra import host, logger
 from pyinfra.api import deploy
@@ -202,7 +203,5 @@ def install_switch(stack: Stack):
     )
 
 
-def _json_file(data):
-    from io import BytesIO
-
+def _json_file(data) -> BytesIO:
     return BytesIO((json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
