@@ -44,6 +44,11 @@ class Port:
     protocol: str
     container_port: int | None = None
 
+    @property
+    def target(self) -> int:
+        """The port inside the container: the host port unless the data names another."""
+        return self.container_port or self.number
+
 
 @dataclass(frozen=True)
 class Service:

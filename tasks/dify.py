@@ -14,7 +14,7 @@ from pyinfra.operations import files, server
 
 from kca_stack import Service, Stack
 
-from .docker import COMPOSE_PORTS, JINJA, compose_command, published_lines, render_with_secrets
+from .docker import COMPOSE_PORTS, JINJA, compose_command, published_lines, render_with_secrets, secret_placeholder
 from .util import CACHE_DIR, remote_output, sha256_of
 
 SOURCE = "tasks/dify.py"
@@ -32,13 +32,13 @@ def compose_name(service: Service) -> str:
 
 
 def port_spec(service: Service, port) -> str:
-    return f"{service.bind}:{port.number}:{port.container_port or port.number}"
+    return f"{service.bind}:{port.number}:{port.target}"
 
 
 def upstream_port_var(stack: Stack, service: Service, port) -> str | None:
     """The .env variable through which upstream's own compose file publishes this port, if any."""
     by_container_port = stack.dify["upstream_port_vars"].get(compose_name(service), {})
-    return by_container_port.get(str(port.container_port or port.number))
+    return by_container_port.get(str(port.target))
 
 
 def port_var_value(service: Service, port) -> str:
@@ -53,7 +53,7 @@ def port_vars(stack: Stack) -> list[tuple[str, str]]:
 
 def expected_published(stack: Stack) -> list[tuple[str, str, int, int]]:
     """(compose service, host ip, host port, container port): all the merged project may publish."""
-    return [(compose_name(s), s.bind, p.number, p.container_port or p.number) for s in services(stack) for p in s.ports]
+    return [(compose_name(s), s.bind, p.number, p.target) for s in services(stack) for p in s.ports]
 
 
 def override_services(stack: Stack) -> list[dict]:
@@ -73,21 +73,17 @@ def override_services(stack: Stack) -> list[dict]:
     return [{"name": name, **row} for name, row in sorted(rows.items())]
 
 
-def placeholder(secret: str) -> str:
-    return f"@@secret:{secret}@@"
-
-
 def env_context(stack: Stack) -> dict:
     cfg = stack.dify
     https = cfg["https"]
     domain = stack.network["domain"]
-    secrets = [(key, placeholder(name)) for key, name in cfg["secrets"].items()]
+    secrets = [(key, secret_placeholder(name)) for key, name in cfg["secrets"].items()]
     return {
         "source": SOURCE,
         "tag": cfg["tag"],
         "profiles": list(cfg["profiles"]) + (["certbot"] if https.get("certbot") else []),
         "secrets": secrets,
-        "celery_broker_url": f"redis://:{placeholder(cfg['secrets']['REDIS_PASSWORD'])}@redis:6379/1",
+        "celery_broker_url": f"redis://:{secret_placeholder(cfg['secrets']['REDIS_PASSWORD'])}@redis:6379/1",
         "server_name": domain,
         "https_enabled": "true" if https.get("enabled") else "false",
         "certbot_enabled": "true" if https.get("certbot") else "false",

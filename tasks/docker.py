@@ -161,6 +161,11 @@ def install_helpers() -> None:
     )
 
 
+def secret_placeholder(secret: str | None) -> str:
+    """What kca-render-secrets replaces with the secret file's content on the host ('' for none)."""
+    return f"@@secret:{secret}@@" if secret else ""
+
+
 def render_with_secrets(label: str, template: str, dest: str, context: dict):
     """Upload `template` (placeholders only) to /etc/kca/templates and have the host build `dest`
     from it with the secret files. Runs only when the uploaded template changed or `dest` is

@@ -12,16 +12,12 @@ from pyinfra.operations import files, server
 
 from kca_stack import Service, Stack
 
-from .docker import JINJA, compose_command, render_with_secrets
+from .docker import JINJA, compose_command, render_with_secrets, secret_placeholder
 from .util import remote_output
 
 SOURCE = "tasks/openwebui.py"
 COMPOSE_TEMPLATE = "templates/home/kca/openwebui/docker-compose.yml.j2"
 ENV_TEMPLATE = "templates/etc/kca/templates/openwebui.env.in.j2"
-
-
-def placeholder(secret: str | None) -> str:
-    return f"@@secret:{secret}@@" if secret else ""
 
 
 def host_url(service: Service, path: str = "") -> str:
@@ -73,7 +69,7 @@ def secret_environment(stack: Stack) -> list[tuple[str, str]]:
         ("DOCLING_API_KEY", cfg["docling_service"]),
     ]
     return [
-        (key, placeholder(stack.services[name].settings.get("api_key_secret")))
+        (key, secret_placeholder(stack.services[name].settings.get("api_key_secret")))
         for key, name in pairs
         if stack.services[name].settings.get("api_key_secret")
     ]
@@ -90,7 +86,7 @@ def compose_context(stack: Stack) -> dict:
         "image": f"{cfg['image']}:{cfg['tag']}",
         "bind": webui.bind,
         "port": port.number,
-        "container_port": port.container_port or port.number,
+        "container_port": port.target,
         "env_file": cfg["env_file"],
         "environment": environment(stack),
         "network": stack.network["docker_network"],
@@ -103,8 +99,8 @@ def env_context(stack: Stack) -> dict:
         "source": SOURCE,
         "env_file": cfg["env_file"],
         # Paired by position with OPENAI_API_BASE_URLS; a back end without a key gets an empty one.
-        "api_keys": [placeholder(s.settings.get("api_key_secret")) for s in llm_backends(stack)],
-        "webui_secret_key": placeholder(cfg["secret_key_secret"]),
+        "api_keys": [secret_placeholder(s.settings.get("api_key_secret")) for s in llm_backends(stack)],
+        "webui_secret_key": secret_placeholder(cfg["secret_key_secret"]),
         "secret_environment": secret_environment(stack),
     }
 
