@@ -238,6 +238,12 @@ def build_stack(data: Mapping[str, Any]) -> Stack:
         for name, raw in r.get(data, "vram_scenarios", "data", Mapping, {}).items()
     }
 
+    raw_vllm = r.get(data, "vllm", "data", Mapping, {})
+    plugin = dict(raw_vllm.get("plugin", {}))
+    if "vllm_plugin_source" in data:
+        # A group may say where the plugin's source comes from (the test host has none).
+        plugin["source"] = data["vllm_plugin_source"]
+
     if r.problems:
         # Shape problems make the semantic checks meaningless: report them alone.
         raise StackError(r.problems)
@@ -259,14 +265,7 @@ def build_stack(data: Mapping[str, Any]) -> Stack:
         llama_cpp=llama_cpp,
         artifacts=artifacts,
         secrets=dict(r.get(data, "secrets", "data", Mapping, {})),
-        vllm={
-            **r.get(data, "vllm", "data", Mapping, {}),
-            "plugin": {
-                **r.get(data, "vllm", "data", Mapping, {}).get("plugin", {}),
-                # A group may say where the plugin's source comes from (the test host has none).
-                **({"source": data["vllm_plugin_source"]} if "vllm_plugin_source" in data else {}),
-            },
-        },
+        vllm={**raw_vllm, "plugin": plugin},
         nvidia=dict(r.get(data, "nvidia", "data", Mapping, {})),
         systemd_hardening=dict(r.get(data, "systemd_hardening", "data", Mapping, {})),
         systemd_relaxations=dict(r.get(data, "systemd_relaxations", "data", Mapping, {})),
