@@ -276,6 +276,10 @@ class Stack:
         has a GPU (they are then built or configured for CUDA)."""
         return service.kind == "vllm" or (service.uses_gpu and self.gpu.present)
 
+    def runnable_here(self, service: Service) -> bool:
+        """Whether this host can run the unit at all (a GPU-only unit cannot without the GPU)."""
+        return not self.unit_needs_gpu(service) or self.gpu.present
+
     def hardening_of(self, service: Service) -> list[tuple[str, str, str]]:
         """(key, value, why-relaxed) for the unit: the baseline with the relaxations that apply."""
         applies = [service.kind] + (["gpu"] if self.unit_needs_gpu(service) else [])

@@ -92,7 +92,7 @@ def mount_models_filesystem(stack: Stack) -> None:
     probe = remote_output(
         f"if [ -b {fs.device} ]; then blkid -o export {fs.device} || echo NOFS=1; else echo MISSING=1; fi",
     )
-    found = dict(line.split("=", 1) for line in (probe or "").splitlines() if "=" in line)
+    found = dict(line.split("=", 1) for line in probe.splitlines() if "=" in line)
     if "MISSING" in found:
         raise SystemExit(
             f"{host.name}: models_filesystem.device {fs.device} does not exist; nothing was changed. "

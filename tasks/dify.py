@@ -114,7 +114,7 @@ def fetch_release(stack: Stack, folder: str):
         )
     marker = f"{folder}/.kca-release"
     wanted = f"{cfg['tag']} {cfg['sha256']}"
-    if (remote_output(f"cat {marker} 2>/dev/null || true") or "").strip() == wanted:
+    if remote_output(f"cat {marker} 2>/dev/null || true") == wanted:
         return None
 
     archives = str(Path(folder).parent / "archives")
@@ -184,7 +184,7 @@ def deploy_dify(stack: Stack) -> None:
     up = f"{compose} up -d --remove-orphans"
     running = remote_output(f"docker ps -q --filter label=com.docker.compose.project={PROJECT} 2>/dev/null || true")
     changed = [op for op in (release, override, *env_ops) if op is not None]
-    if (running or "").strip():
+    if running:
         server.shell(
             name="Recreate the Dify services whose configuration changed",
             commands=[check, up],

@@ -80,7 +80,7 @@ def deploy_docker(stack: Stack):
 
     network = stack.network["docker_network"]
     present = remote_output(f"docker network inspect {shlex.quote(network)} >/dev/null 2>&1 && echo yes || true")
-    if (present or "").strip() != "yes":
+    if present != "yes":
         server.shell(
             name=f"Create the Docker network {network}",
             # Guarded again on the host: the fact was read before Docker was installed on a new host.
@@ -119,7 +119,7 @@ def install_docker_ce(stack: Stack) -> None:
                 f"install -m 0644 {tmp} {keyring} && rm -f {tmp}",
             ],
         )
-    arch = (remote_output("dpkg --print-architecture") or "amd64").strip()
+    arch = remote_output("dpkg --print-architecture") or "amd64"
     sources = files.template(
         name="Add Docker's apt repository",
         src="templates/etc/apt/sources.list.d/docker.sources.j2",

@@ -43,7 +43,7 @@ def deploy_firewall(stack: Stack) -> None:
         f"cmp -s {STAGED} {RULESET} && echo same || echo differ; "
         f"nft list table inet {TABLE} >/dev/null 2>&1 && echo loaded || echo absent",
     )
-    pending = "same" not in (state or "") or "loaded" not in (state or "")
+    pending = "same" not in state or "loaded" not in state
     # Established traffic and SSH are accepted first and `nft -f` swaps the table in one transaction:
     # the deploy's own session survives. A ruleset nft refuses is never installed.
     commands = [f"nft -c -f {STAGED}", f"install -m 0644 {STAGED} {RULESET}", f"nft -f {RULESET}"]

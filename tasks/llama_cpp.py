@@ -78,7 +78,7 @@ def deploy_llama_cpp(stack: Stack):
         ]
 
     installed = remote_output(f"cat {where['build_id']} 2>/dev/null || true")
-    if (installed or "").strip() == wanted:
+    if installed == wanted:
         return None
 
     flags = " ".join(shlex.quote(f) for f in stack.llama_cmake_flags())

@@ -146,7 +146,7 @@ def deploy_vllm(stack: Stack):
             )
         )
     linked = remote_output(f"{venv.path}/bin/python -m pip show hcx-vllm-plugin 2>/dev/null | grep -c Location || true")
-    if linked.strip() != "1" or any(c.will_change for c in changes):
+    if linked != "1" or any(c.will_change for c in changes):
         changes.append(
             server.shell(
                 name="Install the HyperCLOVA X plugin into the vLLM venv (editable)",

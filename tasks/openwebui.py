@@ -135,7 +135,7 @@ def deploy_openwebui(stack: Stack, docker_changes: list | None = None) -> None:
     label = f"com.docker.compose.project={webui.compose_project}"
     running = remote_output(f"docker ps -q --filter {shlex.quote('label=' + label)} 2>/dev/null || true")
     changed = [compose, *env_ops, *(docker_changes or [])]
-    if (running or "").strip():
+    if running:
         server.shell(
             name="Recreate Open WebUI (its compose file or environment changed)",
             commands=[up],

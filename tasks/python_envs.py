@@ -26,7 +26,7 @@ PIP_PROGRESS = (
 
 def _install(stack: Stack, venv: str, pip_args: str, digest: str, stamp: str, label: str):
     installed = remote_output(f"cat {stamp} 2>/dev/null || true")
-    if installed.strip() == digest:
+    if installed == digest:
         return None
     # /tmp may be a small tmpfs: CUDA wheels (~1 GB each) are unpacked on disk instead. The whole log
     # stays on the host; the run shows its progress lines, and the log's tail when pip fails.

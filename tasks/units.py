@@ -86,7 +86,7 @@ def activate(stack: Stack, services: list[Service], changed_ops: dict[str, list]
         systemd.daemon_reload(name="Reload systemd units")
     for service in services:
         at_boot = stack.starts_at_boot(service)
-        runnable = not stack.unit_needs_gpu(service) or stack.gpu.present
+        runnable = stack.runnable_here(service)
         ops = [op for op in changed_ops.get(service.name, []) if op is not None]
         systemd.service(
             name=f"Enable {service.unit}" if at_boot else f"Disable {service.unit} at boot",

@@ -67,7 +67,7 @@ def main() -> int:
     print(f"{'service':20} {'unit / project':34} {'port':>5} {'exposure':9} {'state':17} {'health':12} {'ms':>6}")
     try:
         for s in services:
-            gpu_missing = stack.unit_needs_gpu(s) and not stack.gpu.present
+            gpu_missing = not stack.runnable_here(s)
             if not s.is_systemd:
                 state = f"compose {s.compose_project}"
             else:

@@ -16,10 +16,6 @@ def llm_services(stack: Stack, kind: str):
     return [s for s in stack.services.values() if s.kind == kind]
 
 
-def runnable(stack: Stack, service) -> bool:
-    return not stack.unit_needs_gpu(service) or stack.gpu.present
-
-
 def test_llama_server_binary_is_the_pinned_build(host, stack):
     from tasks.llama_cpp import binary, build_id, layout
 
@@ -38,7 +34,7 @@ def test_unit_is_valid(host, stack, systemd_service):
 
 def test_unit_enabled_as_data_says(host, stack, systemd_service):
     unit = host.service(systemd_service.unit)
-    expected = stack.starts_at_boot(systemd_service) and runnable(stack, systemd_service)
+    expected = stack.starts_at_boot(systemd_service) and stack.runnable_here(systemd_service)
     assert unit.is_enabled == expected
 
 
@@ -99,7 +95,7 @@ def api_headers(secret, service) -> dict:
 @pytest.mark.parametrize("name", ["gpt-oss", "exaone", "qwen3-vl"])
 def test_llama_service_answers_a_chat_completion(host, stack, secret, service_url, name):
     service = stack.services[name]
-    if not runnable(stack, service):
+    if not stack.runnable_here(service):
         pytest.skip("needs the GPU")
     result = switch(host, name)
     assert result.rc == 0, result.stdout + result.stderr
@@ -128,7 +124,7 @@ def test_llama_service_rejects_a_request_without_the_key(stack, service_url):
 
 
 def test_switch_moves_the_gpu_between_large_models(host, stack):
-    first, second = [s for s in stack.large_services() if runnable(stack, s)][:2]
+    first, second = [s for s in stack.large_services() if stack.runnable_here(s)][:2]
     assert switch(host, first.name).rc == 0
     assert host.service(first.unit).is_running
     result = switch(host, second.name)
