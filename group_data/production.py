@@ -4,7 +4,7 @@
 
 import os
 
-gpu_present = True
+# The GPU is present here (all.py says so too): nothing to override.
 
 # The partition that holds /models, e.g. /dev/nvme1n1p1. Site-specific, so never committed:
 # set KCA_MODELS_DEVICE in production.env. Without it the deploy refuses to touch /models.

@@ -1,10 +1,11 @@
 """The disposable test host: a Debian 12 container booted with systemd-nspawn (testhost/testhost).
 
-Only what differs from the real server is here. It has no NVIDIA GPU, so the GPU layer is skipped and
-GPU-only units are installed but skipped by systemd; /models is a plain directory.
+Only what differs from the real server is here, laid over all.py table by table (a key set here
+replaces that one value; the rest of the table stays as all.py says). It has no NVIDIA GPU, so the GPU
+layer is skipped and GPU-only units are installed but skipped by systemd; /models is a plain directory.
 """
 
-gpu_present = False
+gpu = {"present": False}
 
 # No model hub here: each model is a real small stand-in placed at the production path, through the
 # same code path. HyperCLOVA X has none: its unit is skipped (no GPU) and its model is never fetched.
@@ -21,7 +22,7 @@ model_standins = {
 }
 
 # The llama.cpp source is the pinned archive (no GitHub here).
-llama_cpp_source = "archive"
+llama_cpp = {"source": "archive"}
 
 # The CPU and 2 cores of a CI machine: a small context, no GPU layers.
 llama_server_overrides = {
@@ -34,21 +35,33 @@ llama_server_overrides = {
 
 # The HyperCLOVA X plugin's repository cannot be reached from here and no archive of it exists in the
 # registries: the vLLM layer installs vLLM and stops before the plugin, saying so once.
-vllm_plugin_source = "unavailable"
+vllm = {"plugin": {"source": "unavailable"}}
 
-# The support services run on the CPU here; the stand-in embedding model (MiniLM) is 384-d.
-service_overrides = {
+services = {
+    # The support services run on the CPU here; the stand-in embedding model (MiniLM) is 384-d.
     "bge-embedding": {"device": "cpu", "precision": "fp32", "embedding_dim": 384},
     "bge-reranker": {"device": "cpu", "precision": "fp32"},
     # Docling's layout/table/OCR models come only from the hub: the conversion boundary of this host.
     "docling": {"layout_models": "unavailable"},
 }
 
-# Debian's own Docker (docker.io + docker-compose v1.29): Docker's repository is not reachable here,
-# and neither is any image registry, so compose files are installed but not started.
-docker_engine = "debian"
-docker_pull_images = False
+docker = {
+    # Debian's own docker.io (Docker's repository is not reachable here), with Docker Compose v2 at the
+    # production version from its registry package (artifacts.docker-compose).
+    "engine": "debian",
+    # No image registry: the images the compose projects need are built here from registry packages,
+    # tagged under local_images.prefix, and cached outside the host (see all.py docker.local_images).
+    "pull_images": False,
+    "local_images": {
+        # The test host's own root filesystem, bound read-only into it by testhost/testhost: the base
+        # of every locally built image (no base image can be pulled).
+        "base_rootfs": "/var/lib/kca-testhost/rootfs.tar.zst",
+        # Bound to the control machine's cache: a fresh test host loads a built image instead of
+        # building it again.
+        "cache_dir": "/var/cache/kca-images",
+    },
+}
 
 # Dify's release archive is in no package registry reachable from here: the Dify step stops with one
-# message; its .env and override are tested offline against a compose file of the same shape.
-dify_source = "unavailable"
+# message; its .env and override are checked offline (tests/unit/test_compose_rendering.py).
+dify = {"source": "unavailable"}

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from .data import merge_layers
 from .model import (
     Artifact,
     Directory,
@@ -127,8 +128,7 @@ def build_stack(data: Mapping[str, Any]) -> Stack:
         name=r.get(raw_gpu, "name", "gpu", str, "GPU"),
         vram_total_gb=_number(r, raw_gpu, "vram_total_gb", "gpu") or 0.0,
         vram_usable_gb=_number(r, raw_gpu, "vram_usable_gb", "gpu") or 0.0,
-        # A group may say only `gpu_present = False` instead of repeating the whole gpu table.
-        present=bool(data.get("gpu_present", raw_gpu.get("present", True))),
+        present=r.get(raw_gpu, "present", "gpu", bool, True),
         device_node=r.get(raw_gpu, "device_node", "gpu", str, "/dev/nvidiactl"),
         boot_scenario=r.get(raw_gpu, "boot_scenario", "gpu", str),
     )
@@ -170,15 +170,7 @@ def build_stack(data: Mapping[str, Any]) -> Stack:
     }
 
     services = {}
-    # A group overrides single settings of a service (the test host runs the support services on the
-    # CPU) without repeating the whole services table.
-    overrides = data.get("service_overrides", {})
-    for name in overrides:
-        if name not in data.get("services", {}):
-            r.problem(f"service_overrides.{name}", "overrides an unknown service", "use a name from services")
     for name, raw in r.get(data, "services", "data", Mapping, {}).items():
-        if isinstance(raw, Mapping) and name in overrides:
-            raw = {**raw, **overrides[name]}
         service = _service(r, name, raw)
         if service is not None:
             services[name] = service
@@ -206,8 +198,7 @@ def build_stack(data: Mapping[str, Any]) -> Stack:
 
     raw_llama = r.get(data, "llama_cpp", "data", Mapping, {})
     llama_cpp = LlamaCpp(
-        # A group may switch the source alone (the test host uses the uploaded archive).
-        source=data.get("llama_cpp_source") or r.get(raw_llama, "source", "llama_cpp", str, "git"),
+        source=r.get(raw_llama, "source", "llama_cpp", str, "git"),
         git_url=r.get(raw_llama, "git_url", "llama_cpp", str, ""),
         git_ref=r.get(raw_llama, "git_ref", "llama_cpp", str, ""),
         archive=r.get(raw_llama, "archive", "llama_cpp", str, ""),
@@ -239,10 +230,6 @@ def build_stack(data: Mapping[str, Any]) -> Stack:
     }
 
     raw_vllm = r.get(data, "vllm", "data", Mapping, {})
-    plugin = dict(raw_vllm.get("plugin", {}))
-    if "vllm_plugin_source" in data:
-        # A group may say where the plugin's source comes from (the test host has none).
-        plugin["source"] = data["vllm_plugin_source"]
 
     if r.problems:
         # Shape problems make the semantic checks meaningless: report them alone.
@@ -265,23 +252,15 @@ def build_stack(data: Mapping[str, Any]) -> Stack:
         llama_cpp=llama_cpp,
         artifacts=artifacts,
         secrets=dict(r.get(data, "secrets", "data", Mapping, {})),
-        vllm={**raw_vllm, "plugin": plugin},
+        vllm=dict(raw_vllm),
         nvidia=dict(r.get(data, "nvidia", "data", Mapping, {})),
         systemd_hardening=dict(r.get(data, "systemd_hardening", "data", Mapping, {})),
         systemd_relaxations=dict(r.get(data, "systemd_relaxations", "data", Mapping, {})),
         model_standins=dict(r.get(data, "model_standins", "data", Mapping, {})),
         llama_server_overrides=dict(r.get(data, "llama_server_overrides", "data", Mapping, {})),
-        docker={
-            **r.get(data, "docker", "data", Mapping, {}),
-            # A group may switch the engine, or say that images cannot be pulled (the test host).
-            **({"engine": data["docker_engine"]} if "docker_engine" in data else {}),
-            **({"pull_images": data["docker_pull_images"]} if "docker_pull_images" in data else {}),
-        },
+        docker=dict(r.get(data, "docker", "data", Mapping, {})),
         openwebui=dict(r.get(data, "openwebui", "data", Mapping, {})),
-        dify={
-            **r.get(data, "dify", "data", Mapping, {}),
-            **({"source": data["dify_source"]} if "dify_source" in data else {}),
-        },
+        dify=dict(r.get(data, "dify", "data", Mapping, {})),
     )
     problems = r.problems + validate(stack)
     if problems:
@@ -290,7 +269,12 @@ def build_stack(data: Mapping[str, Any]) -> Stack:
 
 
 def load_stack(host_data: Any) -> Stack:
-    """Build the Stack from pyinfra's `host.data` (or any mapping of the group_data keys)."""
+    """Build the Stack from pyinfra's `host.data` (or any mapping of the group_data keys).
+
+    pyinfra looks a key up layer by layer (override, host, groups, all, deploy defaults) and returns
+    the first whole value it finds; the stack merges those layers deeply instead, so that a group file
+    overrides one value of a table without repeating the table."""
     if isinstance(host_data, Mapping):
         return build_stack(host_data)
-    return build_stack(host_data.dict())
+    layers = [layer() if callable(layer) else layer for layer in host_data.datas]
+    return build_stack(merge_layers(reversed([dict(layer) for layer in layers if layer])))

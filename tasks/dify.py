@@ -14,13 +14,23 @@ from pyinfra.operations import files, server
 
 from kca_stack import Service, Stack
 
-from .docker import COMPOSE_PORTS, JINJA, compose_command, published_lines, render_with_secrets, secret_placeholder
-from .util import CACHE_DIR, remote_output, sha256_of
+from .docker import (
+    COMPOSE,
+    COMPOSE_PORTS,
+    JINJA,
+    compose_up,
+    published_lines,
+    render_with_secrets,
+    secret_placeholder,
+)
+from .util import CACHE_DIR, put_json, remote_output, sha256_of
 
 SOURCE = "tasks/dify.py"
 ENV_TEMPLATE = "templates/opt/ai-platform/dify-official/docker/env.j2"
 OVERRIDE_TEMPLATE = "templates/opt/ai-platform/dify-official/docker/docker-compose.override.yaml.j2"
 PROJECT = "dify"
+SECRETS_CHECK = "/usr/local/sbin/kca-compose-secrets"
+SECRETS_RULES = "/etc/kca/dify-compose-rules.json"
 
 
 def services(stack: Stack) -> list[Service]:
@@ -73,6 +83,15 @@ def override_services(stack: Stack) -> list[dict]:
     return [{"name": name, **row} for name, row in sorted(rows.items())]
 
 
+def api_url(stack: Stack) -> str:
+    """CONSOLE_API_URL and APP_API_URL: the nginx entry (network.domain, https by dify.https).
+
+    The web entry on 3002 is the web container alone: with both empty, its page calls /console/api on
+    its own origin, which only nginx routes. The page served by nginx calls its own origin either way."""
+    scheme = "https" if stack.dify["https"].get("enabled") else "http"
+    return f"{scheme}://{stack.network['domain']}"
+
+
 def env_context(stack: Stack) -> dict:
     cfg = stack.dify
     https = cfg["https"]
@@ -90,8 +109,15 @@ def env_context(stack: Stack) -> dict:
         "certbot_email": https.get("email", "") if https.get("certbot") else "",
         "certbot_domain": domain if https.get("certbot") else "",
         "port_vars": port_vars(stack),
+        "api_url": api_url(stack),
+        "unused_credentials": list(cfg["unused_credentials"]),
         "environment": [(str(k), str(v)) for k, v in cfg.get("environment", {}).items()],
     }
+
+
+def secrets_rules(stack: Stack) -> dict:
+    """What kca-compose-secrets checks in the merged configuration (see group_data: dify.must_agree)."""
+    return {"must_agree": stack.dify["must_agree"], "default_credentials": stack.dify["default_credentials"]}
 
 
 def override_context(stack: Stack) -> dict:
@@ -168,28 +194,27 @@ def deploy_dify(stack: Stack) -> None:
         **override_context(stack),
     )
 
+    files.put(
+        name="Install kca-compose-secrets (checks the secrets of a merged compose configuration)",
+        src="files/usr/local/sbin/kca-compose-secrets",
+        dest=SECRETS_CHECK,
+        mode="0755",
+    )
+    rules = put_json("Install the rules of Dify's configuration check", secrets_rules(stack), SECRETS_RULES)
+
     if not stack.docker["pull_images"]:
         logger.warning(f"{host.name}: images cannot be pulled here (docker.pull_images is false): Dify is not started.")
         return
 
-    compose = f"{compose_command(stack)} -p {PROJECT}"
-    config = f"{compose} config --format json" if compose.startswith("docker compose") else f"{compose} config"
+    config = f"{COMPOSE} -p {PROJECT} config --format json"
     expected = published_lines(expected_published(stack))
-    # Checked on the host, after the merge, before anything starts: upstream cannot open a port.
-    check = (
+    # Checked on the host, after the merge, before anything starts: upstream cannot open a port, and
+    # no pair of settings that must share a secret disagrees.
+    ports_check = (
         f"expected={shlex.quote(expected)}; actual=$({config} | {COMPOSE_PORTS}) || exit 1; "
         'if [ "$actual" != "$expected" ]; then echo "Dify would publish:" >&2; echo "$actual" >&2; '
         'echo "the stack says:" >&2; echo "$expected" >&2; exit 1; fi'
     )
-    up = f"{compose} up -d --remove-orphans"
-    running = remote_output(f"docker ps -q --filter label=com.docker.compose.project={PROJECT} 2>/dev/null || true")
-    changed = [op for op in (release, override, *env_ops) if op is not None]
-    if running:
-        server.shell(
-            name="Recreate the Dify services whose configuration changed",
-            commands=[check, up],
-            _chdir=folder,
-            _if=lambda: any(op.did_change() for op in changed),
-        )
-    else:
-        server.shell(name="Start Dify", commands=[check, up], _chdir=folder)
+    secrets_check = f"{config} | {SECRETS_CHECK} {SECRETS_RULES}"
+    changed = [release, override, rules, *env_ops]
+    compose_up("Dify", PROJECT, folder, [], changed, checks=[ports_check, secrets_check])

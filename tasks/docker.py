@@ -1,13 +1,12 @@
 """Docker engine: Docker's apt repository at pinned versions (production) or Debian's docker.io with
-compose v1 (the test host), by data; daemon.json with log rotation (and the NVIDIA runtime where the
-GPU layer is present); the shared ai-network; and the two host-side helpers the compose projects use
-(kca-render-secrets, kca-compose-ports)."""
+Docker Compose v2 from its registry package (the test host), by data; daemon.json with log rotation
+(and the NVIDIA runtime where the GPU layer is present); the shared ai-network; the host-side helpers
+the compose projects use; and `compose_up`, which converges a project."""
 
 from __future__ import annotations
 
-import json
+import posixpath
 import shlex
-from io import BytesIO
 
 from pyinfra import host
 from pyinfra.api import deploy
@@ -17,18 +16,20 @@ from pyinfra.operations import apt, files, server, systemd
 from kca_stack import Stack
 
 from .base import os_profile, packages_missing
-from .util import remote_output
+from .util import local_artifact, put_json, remote_output
 
 SOURCE = "tasks/docker.py"
 RENDER_SECRETS = "/usr/local/sbin/kca-render-secrets"
 COMPOSE_PORTS = "/usr/local/sbin/kca-compose-ports"
+COMPOSE_STATE = "/usr/local/sbin/kca-compose-state"
+DAEMON_JSON = "/etc/docker/daemon.json"
 SECRET_TEMPLATES = "/etc/kca/templates"
 JINJA = {"trim_blocks": True, "lstrip_blocks": True}
 
 
-def compose_command(stack: Stack) -> str:
-    """Compose v2 (the plugin from Docker's repository) or v1 (Debian's docker-compose)."""
-    return "docker compose" if stack.docker["engine"] == "docker-ce" else "docker-compose"
+# Docker Compose v2 on every host: the plugin from Docker's repository, or the same release from
+# artifacts.docker-compose where the engine is Debian's.
+COMPOSE = "docker compose"
 
 
 def daemon_config(stack: Stack) -> dict:
@@ -57,19 +58,23 @@ def deploy_docker(stack: Stack):
     else:
         wanted = list(stack.docker["debian_packages"])
         apt.packages(
-            name=f"Install {', '.join(wanted)} (Debian's Docker, compose v1)",
+            name=f"Install {', '.join(wanted)} (Debian's Docker)",
             packages=wanted,
             update=bool(packages_missing(wanted)),
             no_recommends=True,
         )
+        compose = stack.artifacts[stack.docker["compose_artifact"]]
+        plugin = stack.docker["compose_plugin_path"]
+        files.directory(name=f"Create {posixpath.dirname(plugin)}", path=posixpath.dirname(plugin), mode="0755")
+        files.put(
+            name=f"Install Docker Compose v2 as the docker CLI plugin ({compose.pip})",
+            src=str(local_artifact(compose)),
+            dest=plugin,
+            mode="0755",
+        )
 
     files.directory(name="Create /etc/docker", path="/etc/docker", mode="0755")
-    daemon_json = files.put(
-        name="Configure the Docker daemon (log rotation, runtimes)",
-        src=BytesIO((json.dumps(daemon_config(stack), indent=2, sort_keys=True) + "\n").encode()),
-        dest="/etc/docker/daemon.json",
-        mode="0644",
-    )
+    daemon_json = put_json("Configure the Docker daemon (log rotation, runtimes)", daemon_config(stack), DAEMON_JSON)
     systemd.service(name="Enable and start docker", service="docker.service", enabled=True, running=True)
     systemd.service(
         name="Restart docker (daemon.json changed)",
@@ -158,6 +163,29 @@ def install_helpers() -> None:
         src="templates/usr/local/sbin/kca-compose-ports",
         dest=COMPOSE_PORTS,
         mode="0755",
+    )
+    files.put(
+        name="Install kca-compose-state (whether a compose project is converged)",
+        src="files/usr/local/sbin/kca-compose-state",
+        dest=COMPOSE_STATE,
+        mode="0755",
+    )
+
+
+def compose_up(label: str, project: str, folder: str, compose_args: list[str], changed: list, checks=()):
+    """Converge a compose project with `docker compose up -d`, which is idempotent.
+
+    It runs when the project was not converged at planning (a container missing, stopped or built
+    from another configuration: a deploy interrupted half-way is finished by the next one), or when
+    a file the project reads changed during this run. `checks` run first and stop it on failure."""
+    args = " ".join(shlex.quote(a) for a in ["-p", project, *compose_args])
+    state = remote_output(f"cd {shlex.quote(folder)} && {COMPOSE_STATE} {args} 2>/dev/null || echo pending")
+    pending = state != "converged"
+    return server.shell(
+        name=f"Converge {label} (docker compose up -d)",
+        commands=[*checks, f"{COMPOSE} {args} up -d --remove-orphans"],
+        _chdir=folder,
+        _if=lambda: pending or any(op.did_change() for op in changed if op is not None),
     )
 
 

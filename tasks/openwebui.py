@@ -1,19 +1,17 @@
 """Open WebUI in Docker: its compose file rendered from the stack (pinned image, the port map's bind
 and port, the four LLM back ends, RAG wired to the embedding, reranker and Docling services), its
-secrets put in on the host, and `compose up` only when something it reads changed."""
+secrets put in on the host, its image built on the host where none can be pulled, and the project
+converged with `compose up -d` whenever it is not (or something it reads changed)."""
 
 from __future__ import annotations
 
-import shlex
-
-from pyinfra import host, logger
 from pyinfra.api import deploy
-from pyinfra.operations import files, server
+from pyinfra.operations import files
 
 from kca_stack import Service, Stack
 
-from .docker import JINJA, compose_command, render_with_secrets, secret_placeholder
-from .util import remote_output
+from .docker import JINJA, compose_up, render_with_secrets, secret_placeholder
+from .images import build_local_image, image_ref
 
 SOURCE = "tasks/openwebui.py"
 COMPOSE_TEMPLATE = "templates/home/kca/openwebui/docker-compose.yml.j2"
@@ -50,6 +48,9 @@ def environment(stack: Stack) -> list[tuple[str, str]]:
         ("RAG_EMBEDDING_ENGINE", "openai"),
         ("RAG_OPENAI_API_BASE_URL", host_url(embedding, "/v1")),
         ("RAG_EMBEDDING_MODEL", embedding.models[0] if embedding.models else embedding.name),
+        # Open WebUI 0.12 calls the external reranker only with hybrid search on: without it the
+        # reranker is configured and never asked.
+        ("ENABLE_RAG_HYBRID_SEARCH", "True"),
         ("RAG_RERANKING_ENGINE", "external"),
         ("RAG_EXTERNAL_RERANKER_URL", host_url(reranker, "/v1/rerank")),
         ("RAG_RERANKING_MODEL", reranker.models[0] if reranker.models else reranker.name),
@@ -83,7 +84,7 @@ def compose_context(stack: Stack) -> dict:
         "source": SOURCE,
         "project": webui.compose_project,
         "service": webui.name,
-        "image": f"{cfg['image']}:{cfg['tag']}",
+        "image": image_ref(stack, cfg["image"], cfg["tag"]),
         "bind": webui.bind,
         "port": port.number,
         "container_port": port.target,
@@ -124,23 +125,17 @@ def deploy_openwebui(stack: Stack, docker_changes: list | None = None) -> None:
         **compose_context(stack),
     )
 
-    if not stack.docker["pull_images"]:
-        logger.warning(
-            f"{host.name}: images cannot be pulled here (docker.pull_images is false): "
-            f"{compose_file} is installed, Open WebUI is not started."
-        )
-        return
-
-    up = f"{compose_command(stack)} -p {shlex.quote(webui.compose_project)} -f {shlex.quote(compose_file)} up -d"
-    label = f"com.docker.compose.project={webui.compose_project}"
-    running = remote_output(f"docker ps -q --filter {shlex.quote('label=' + label)} 2>/dev/null || true")
     changed = [compose, *env_ops, *(docker_changes or [])]
-    if running:
-        server.shell(
-            name="Recreate Open WebUI (its compose file or environment changed)",
-            commands=[up],
-            _chdir=folder,
-            _if=lambda: any(op.did_change() for op in changed),
+    if not stack.docker["pull_images"]:
+        port = webui.ports[0]
+        changed.append(
+            build_local_image(
+                stack=stack,
+                name=webui.name,
+                ref=image_ref(stack, stack.openwebui["image"], stack.openwebui["tag"]),
+                title=webui.title,
+                build=stack.openwebui["local_build"],
+                port=port.target,
+            )
         )
-    else:
-        server.shell(name="Start Open WebUI", commands=[up], _chdir=folder)
+    compose_up("Open WebUI", webui.compose_project, folder, ["-f", "docker-compose.yml"], changed)

