@@ -1,0 +1,314 @@
+"""Open WebUI as its users meet it, through its own HTTP API and a real browser: sign-up, the model
+list, a chat with each model, a GPU switch, a knowledge base with retrieval (counting the requests
+that reach the embedding service and the reranker), document conversion, and the signed-in chat page.
+
+Each journey is a row of the table printed at the end of the module (journey, result, seconds).
+Open WebUI runs from the same compose file, env file and network as on the real server; where no
+image can be pulled, from the image built on the host from its registry package (tasks/images.py).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+from chromium import Browser  # tests/host/chromium.py
+
+# The first start migrates Open WebUI's database: give it time.
+READY_TIMEOUT_S = 300
+JOURNEYS: list[tuple[str, str, float]] = []
+SCREENSHOT = Path(os.environ.get("KCA_CACHE_DIR", "/var/cache/kca-ai-infra")) / "logs" / "openwebui-chat.png"
+
+# A text whose passages are far apart in meaning: retrieval must return the one asked about.
+KNOWLEDGE = {
+    "gpu": "The RTX 5090 in the kca server has 32 GB of VRAM, and only one large model may hold it at a time.",
+    "backup": "Backups of the kca server are encrypted with restic and kept off the host, restored after a disk dies.",
+    "firewall": "The firewall of the kca server drops every port the port map calls internal, at boot and after.",
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def journey_table(request):
+    yield
+    if not JOURNEYS:
+        return
+    lines = ["Open WebUI journeys:", f"{'journey':<44} {'result':<40} {'s':>6}"]
+    lines += [f"{name:<44} {result:<40} {seconds:6.1f}" for name, result, seconds in JOURNEYS]
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled():
+        print("\n" + "\n".join(lines))
+
+
+class Journey:
+    """Times a journey and records its row, passed or not."""
+
+    def __init__(self, name: str):
+        self.name, self.result = name, "failed"
+
+    def __enter__(self):
+        self.started = time.monotonic()
+        return self
+
+    def __exit__(self, kind, value, traceback):
+        if kind is pytest.skip.Exception:
+            self.result = f"skipped: {value}"[:40]
+        JOURNEYS.append((self.name, self.result, time.monotonic() - self.started))
+        return False
+
+
+@pytest.fixture(scope="module")
+def webui(stack, service_url):
+    url = service_url(stack.openwebui["service"])
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while True:
+        try:
+            if requests.get(f"{url}/health", timeout=5).ok:
+                return url
+        except requests.RequestException:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"Open WebUI did not answer /health within {READY_TIMEOUT_S} s")
+        time.sleep(2)
+
+
+@pytest.fixture(scope="module")
+def admin(webui) -> dict:
+    """The first user to sign up becomes the admin (as on a new server); signs in on a kept host."""
+    with Journey("sign up the first user (admin)") as journey:
+        account = {"name": "KCA Admin", "email": "admin@kca.test", "password": "kca-" + uuid.uuid4().hex[:16]}
+        answer = requests.post(f"{webui}/api/v1/auths/signup", json=account, timeout=60)
+        if answer.status_code != 200:
+            pytest.skip(f"sign-up closed (a user exists already): {answer.status_code}")
+        body = answer.json()
+        assert body["role"] == "admin", body
+        journey.result = f"admin {body['email']}"
+    return {**account, "token": body["token"], "headers": {"Authorization": f"Bearer {body['token']}"}}
+
+
+def llm_services(stack):
+    return [s for s in stack.services.values() if s.kind in stack.openwebui["llm_kinds"] and s.ports]
+
+
+def model_id(stack, service) -> str:
+    if service.kind == "vllm":
+        return service.settings["vllm"]["served_model_name"]
+    return stack.llama_server_settings(service).get("alias", service.name)
+
+
+def running_models(host, stack) -> set[str]:
+    """The ids of the LLM services whose units run now: what the list must show."""
+    return {model_id(stack, s) for s in llm_services(stack) if host.service(s.unit).is_running}
+
+
+def listed_models(webui, admin) -> set[str]:
+    answer = requests.get(f"{webui}/api/models", headers=admin["headers"], timeout=60)
+    assert answer.status_code == 200, answer.text
+    return {m["id"] for m in answer.json()["data"]}
+
+
+def wait_for_models(webui, admin, wanted: set[str], timeout: float = 60.0) -> set[str]:
+    deadline = time.monotonic() + timeout
+    while True:
+        listed = listed_models(webui, admin)
+        if listed == wanted or time.monotonic() > deadline:
+            return listed
+        time.sleep(2)
+
+
+def test_model_list_is_the_running_scenario(host, stack, webui, admin):
+    with Journey("model list = the running scenario's LLMs") as journey:
+        expected = running_models(host, stack)
+        boot = {model_id(stack, s) for s in llm_services(stack) if stack.starts_at_boot(s) and stack.runnable_here(s)}
+        assert expected == boot, "the host does not run the boot scenario's LLM services"
+        assert wait_for_models(webui, admin, expected) == expected
+        journey.result = ", ".join(sorted(expected))
+
+
+def test_chat_with_each_listed_model(host, stack, webui, admin):
+    with Journey("one chat completion with each listed model") as journey:
+        answered = []
+        for model in sorted(listed_models(webui, admin)):
+            answer = requests.post(
+                f"{webui}/api/chat/completions",
+                headers=admin["headers"],
+                json={"model": model, "stream": False, "messages": [{"role": "user", "content": "Say hello."}]},
+                timeout=180,
+            )
+            assert answer.status_code == 200, f"{model}: {answer.status_code} {answer.text[:300]}"
+            message = answer.json()["choices"][0]["message"]
+            assert message.get("content") or message.get("reasoning_content"), f"{model}: empty answer"
+            answered.append(model)
+        assert answered, "Open WebUI lists no model"
+        journey.result = f"{len(answered)} answered"
+
+
+def test_switch_and_the_list_follows(host, stack, webui, admin):
+    with Journey("kca-gpu-switch: the list follows") as journey:
+        boot = stack.gpu.boot_scenario
+        other = next(
+            (
+                name
+                for name, scenario in stack.scenarios.items()
+                if name != boot and all(stack.runnable_here(stack.services[s]) for s in scenario.services)
+            ),
+            None,
+        )
+        if other is None:
+            pytest.skip("no other scenario runs on this host")
+        try:
+            result = host.run(f"kca-gpu-switch {other}")
+            assert result.rc == 0, result.stdout + result.stderr
+            expected = running_models(host, stack)
+            assert wait_for_models(webui, admin, expected) == expected
+            journey.result = f"{boot} -> {other}: {', '.join(sorted(expected))}"
+        finally:
+            host.run(f"kca-gpu-switch {boot}")
+        restored = running_models(host, stack)
+        assert wait_for_models(webui, admin, restored) == restored
+
+
+def requests_logged(host, unit: str, path: str, since: str) -> int:
+    """How many requests for `path` the service logged (its access log in the journal) since `since`."""
+    out = host.run(f"journalctl -u {unit} --since '{since}' --no-pager -o cat | grep -c 'POST {path}' || true")
+    return int(out.stdout.strip() or 0)
+
+
+@pytest.fixture(scope="module")
+def knowledge_base(host, stack, webui, admin):
+    """A text file uploaded, processed and added to a new knowledge base: (id, host time it started)."""
+    since = host.check_output("date '+%Y-%m-%d %H:%M:%S'")
+    text = "\n\n".join(KNOWLEDGE.values()) + "\n"
+    upload = requests.post(
+        f"{webui}/api/v1/files/",
+        headers=admin["headers"],
+        files={"file": ("kca-server-notes.txt", text.encode(), "text/plain")},
+        timeout=120,
+    )
+    assert upload.status_code == 200, upload.text
+    file_id = upload.json()["id"]
+    deadline = time.monotonic() + 180
+    while True:
+        status = requests.get(f"{webui}/api/v1/files/{file_id}/process/status", headers=admin["headers"], timeout=30)
+        state = status.json().get("status")
+        if state == "completed":
+            break
+        assert state != "failed", status.text
+        assert time.monotonic() < deadline, f"file processing did not complete: {status.text}"
+        time.sleep(2)
+    created = requests.post(
+        f"{webui}/api/v1/knowledge/create",
+        headers=admin["headers"],
+        json={"name": "kca server notes", "description": "journey test"},
+        timeout=60,
+    )
+    assert created.status_code == 200, created.text
+    knowledge_id = created.json()["id"]
+    added = requests.post(
+        f"{webui}/api/v1/knowledge/{knowledge_id}/file/add",
+        headers=admin["headers"],
+        json={"file_id": file_id},
+        timeout=180,
+    )
+    assert added.status_code == 200, added.text
+    return knowledge_id, since
+
+
+def retrieve(webui, admin, knowledge_id: str, query: str) -> list[str]:
+    answer = requests.post(
+        f"{webui}/api/v1/retrieval/query/collection",
+        headers=admin["headers"],
+        json={"collection_names": [knowledge_id], "query": query, "k": 3},
+        timeout=120,
+    )
+    assert answer.status_code == 200, answer.text
+    return answer.json()["documents"][0]
+
+
+def test_knowledge_base_retrieval_uses_embeddings_and_reranker(host, stack, webui, admin, knowledge_base):
+    with Journey("knowledge base: upload, add, retrieve") as journey:
+        knowledge_id, since = knowledge_base
+        documents = retrieve(webui, admin, knowledge_id, "How are backups encrypted and where are they kept?")
+        assert documents and "restic" in documents[0], documents
+        embedding = stack.services[stack.openwebui["embedding_service"]]
+        reranker = stack.services[stack.openwebui["reranker_service"]]
+        embedded = requests_logged(host, embedding.unit, "/v1/embeddings", since)
+        reranked = requests_logged(host, reranker.unit, "/v1/rerank", since)
+        assert embedded > 0, "no request reached the embedding service"
+        assert reranked > 0, "no request reached the reranker"
+        journey.result = f"passage found; embeddings {embedded}, rerank {reranked}"
+
+
+def test_retrieval_still_answers_with_the_reranker_stopped(host, stack, webui, admin, knowledge_base):
+    with Journey("reranker stopped: retrieval still answers") as journey:
+        reranker = stack.services[stack.openwebui["reranker_service"]]
+        knowledge_id, _ = knowledge_base
+        host.run(f"systemctl stop {reranker.unit}")
+        try:
+            documents = retrieve(webui, admin, knowledge_id, "How much VRAM does the GPU have?")
+            assert any("32 GB" in d for d in documents), documents
+        finally:
+            host.run(f"systemctl start {reranker.unit}")
+        journey.result = "answered without reranking"
+
+
+def test_a_backend_with_a_wrong_key_drops_out_of_the_list(host, stack, webui, admin):
+    with Journey("wrong key for a back end: the list drops it") as journey:
+        running = [s for s in llm_services(stack) if host.service(s.unit).is_running]
+        if not running:
+            pytest.skip("no LLM service runs")
+        victim = running[0]
+        config = requests.get(f"{webui}/openai/config", headers=admin["headers"], timeout=30).json()
+        index = next(i for i, url in enumerate(config["OPENAI_API_BASE_URLS"]) if f":{victim.port}/" in url)
+        wrong = {**config, "OPENAI_API_KEYS": [*config["OPENAI_API_KEYS"]]}
+        wrong["OPENAI_API_KEYS"][index] = "not-the-key"
+        try:
+            update = requests.post(f"{webui}/openai/config/update", headers=admin["headers"], json=wrong, timeout=30)
+            assert update.status_code == 200, update.text
+            expected = running_models(host, stack) - {model_id(stack, victim)}
+            assert wait_for_models(webui, admin, expected) == expected
+        finally:
+            requests.post(f"{webui}/openai/config/update", headers=admin["headers"], json=config, timeout=30)
+        restored = running_models(host, stack)
+        assert wait_for_models(webui, admin, restored) == restored
+        journey.result = f"{model_id(stack, victim)} dropped, then back"
+
+
+def test_document_conversion_through_docling(stack, webui, admin):
+    with Journey("document conversion (Docling)"):
+        if stack.services[stack.openwebui["docling_service"]].settings.get("layout_models") == "unavailable":
+            pytest.skip("Docling's layout models are not on this host (layout_models = unavailable)")
+        from docx import Document  # python-docx, a control-machine dependency
+
+        path = Path("/tmp/kca-journey.docx")
+        document = Document()
+        document.add_paragraph("The kca server converts office documents with Docling.")
+        document.save(path)
+        upload = requests.post(
+            f"{webui}/api/v1/files/",
+            headers=admin["headers"],
+            files={"file": (path.name, path.read_bytes(), "application/octet-stream")},
+            timeout=300,
+        )
+        assert upload.status_code == 200, upload.text
+
+
+def test_signed_in_chat_page_in_a_browser(stack, webui, admin):
+    with Journey("browser: signed-in chat page") as journey:
+        browser = Browser()
+        try:
+            browser.open(f"{webui}/auth")
+            assert browser.wait_for("document.readyState === 'complete'", 60)
+            browser.evaluate(f"localStorage.setItem('token', {admin['token']!r})")
+            browser.open(f"{webui}/")
+            models = sorted(listed_models(webui, admin))
+            expression = " || ".join(f"document.body.innerText.includes({m!r})" for m in models) or "false"
+            found = browser.wait_for(f"!location.pathname.startsWith('/auth') && ({expression})", 90)
+            path = browser.screenshot(SCREENSHOT)
+        finally:
+            browser.close()
+        assert found, f"the chat page with the model selector did not show (screenshot: {path})"
+        journey.result = f"screenshot {path}"
