@@ -4,7 +4,8 @@
   install, restarts) against a plain `cmake` build of the same tree with the same flags and the same
   compiler cache; the ratio is the deploy's overhead;
 - the no-change re-run right after it;
-- a GPU switch between two large models, as kca-gpu-switch reports it.
+- a GPU switch between the first two large models that can run on the host (on the test host, those
+  whose units do not need the GPU), as kca-gpu-switch reports it.
 
 Figures, not asserts. Needs a deployed test host (./kca deploy).
 """

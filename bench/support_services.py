@@ -1,11 +1,15 @@
 """Benchmark the embedding, reranker and Docling services where they run.
 
-Run it on the host itself, with the support venv's python (it loads the embedding model
-in-process to compare against the HTTP server):
+Run it on the host itself, with the python of the venv the services run in (it loads the embedding
+model in-process to compare against the HTTP server); `./kca bench` copies it to the test host and
+runs it there. On the real server:
 
-    VENV/bin/python support_services.py --model-path /models/bge-m3 \\
-        --embedding-url http://127.0.0.1:8083 --reranker-url http://127.0.0.1:8006 \\
-        --docling-url http://127.0.0.1:8007 --docling-api-key-file /etc/kca/docling-api-key
+    /models/venv/bin/python support_services.py --model-path /models/huggingface/bge-m3 \\
+        --device cuda --docling-api-key-file /etc/kca/secrets/docling-api-key
+
+The URLs default to the port map's (embedding 8083, reranker 8006, Docling 8007 on 127.0.0.1), and
+each service's memory is read from its unit's MainPID (--pid NAME=PID or --unit NAME=UNIT instead).
+--skip-docling leaves Docling out (the test host has no layout models).
 
 Prints one table: embedding throughput over HTTP vs in-process (and their ratio), reranker
 latency for 1 query x 32 documents, Docling conversion time for a generated 10-page DOCX,

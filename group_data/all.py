@@ -4,8 +4,8 @@ This file is the single source of truth. `kca_stack.load_stack(host.data)` turns
 validated model before the deploy queues its first operation; the tests and `docs/server.md` read the
 same model. Group files (`testhost.py`, `production.py`) override only what differs per target.
 
-Figures come from shared/seed/server-design.md; where shared/notes/components.md corrects the
-document, the corrected figure is used and the comment says so.
+Figures come from the server's design document; where an upstream fact corrects the document, the
+corrected figure is used and the comment says so. docs/sources.md states both, with public sources.
 """
 
 # --- Hardware -------------------------------------------------------------------------------------
@@ -221,7 +221,8 @@ services = {
         "vram_gb": 16.0,
         "models": ["gpt-oss-20b"],
         "feature": "reasoning",
-        # Upstream's gpt-oss guide: full context, large batches, all layers on the GPU, flash attention.
+        # Upstream's gpt-oss guide (docs/sources.md): full context, large batches, all layers on the GPU,
+        # flash attention.
         "llama_server": {
             "alias": "gpt-oss-20b",
             "ctx_size": 0,
@@ -244,7 +245,7 @@ services = {
         "vram_gb": 20.0,
         "models": ["exaone-32b"],
         "feature": "131K context",
-        # Upstream's EXAONE 4.0 command; thinking is chosen per request (chat_template_kwargs).
+        # Upstream's EXAONE 4.0 command (docs/sources.md); thinking is chosen per request (chat_template_kwargs).
         "llama_server": {
             "alias": "exaone-4.0-32b",
             "ctx_size": 131072,
@@ -262,7 +263,7 @@ services = {
         "exposure": "external",
         "bind": "0.0.0.0",
         "gpu": "large",
-        # The document says ~29 GB; components.md: BF16 weights are ~29.5 GB. vLLM reserves
+        # The document says ~29 GB; BF16 weights are ~29.5 GB (docs/sources.md). vLLM reserves
         # gpu_memory_utilization of the card, so the model uses that figure (0.95 x 32 = 30.4 GB).
         "vram_gb": 29.5,
         "gpu_memory_utilization": 0.95,
@@ -284,7 +285,7 @@ services = {
         "exposure": "external",
         "bind": "0.0.0.0",
         "gpu": "small",
-        # The document says ~2 GB; components.md: Q4_K_M + the mmproj projector is about 5.8 GB.
+        # The document says ~2 GB; Q4_K_M + the mmproj projector is about 5.8 GB (docs/sources.md).
         "vram_gb": 5.8,
         "models": ["qwen3-vl-8b"],
         "feature": "multimodal (vision)",
@@ -413,7 +414,7 @@ services = {
         "title": "Dify plugin daemon",
         "kind": "docker",
         "compose_project": "dify",
-        # Upstream publishes this on ALL interfaces by default (components.md): pinned to loopback.
+        # Upstream publishes this on ALL interfaces by default (docs/sources.md): pinned to loopback.
         "ports": [{"port": 5003, "protocol": "HTTP", "container_port": 5003}],
         "exposure": "internal",
         "bind": "127.0.0.1",
@@ -454,8 +455,9 @@ services = {
         "title": "Weaviate",
         "kind": "docker",
         "compose_project": "dify",
-        # Listens on 8080 inside the Dify network only. Publishing it would collide with GPT-OSS on
-        # the host's 8080, which the port check would catch.
+        # Listens on 8080 inside the Dify network only: upstream's compose file publishes no port for it
+        # (docs/sources.md). Publishing it would collide with GPT-OSS on the host's 8080, which the port
+        # check would catch.
         "ports": [],
         "exposure": "internal",
         "bind": "127.0.0.1",
@@ -591,7 +593,8 @@ artifacts = {
 }
 
 # --- NVIDIA layer (production; skipped where gpu.present is false) -----------------------------------
-# Debian's own NVIDIA packages (535) are too old for the RTX 5090: NVIDIA's repository it is.
+# Debian's own NVIDIA packages (535) are too old for the RTX 5090: NVIDIA's repository it is
+# (docs/sources.md: compute capability 12.0, CUDA >= 12.8, driver >= 570, open kernel modules).
 
 nvidia = {
     "cuda_keyring_url": "https://developer.download.nvidia.com/compute/cuda/repos/{repo}/x86_64/cuda-keyring_1.1-1_all.deb",

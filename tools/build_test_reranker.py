@@ -8,8 +8,11 @@ BAAI/bge-reranker-v2-m3, so reranker_server.py loads it through the same CrossEn
 
 Deterministic: fixed seed, fixed data order, one CPU thread.
 
-    python tools/build_test_reranker.py --out /models/reranker/test-minilm-reranker
+    python tools/build_test_reranker.py --out DIR                      # MiniLM from the installed wheel
     python tools/build_test_reranker.py --base /path/to/minilm --out DIR
+
+The test host's deploy runs it with --base the stand-in embedding model and --out the reranker's
+model folder (/models/reranker/models/bge-reranker-v2-m3), so the service finds it where production's is.
 """
 
 from __future__ import annotations

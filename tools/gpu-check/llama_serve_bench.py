@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
-"""Start llama-server in a few configurations, time the load (launch -> GET /health 200),
-send real /v1/chat/completions requests and record the timings llama-server returns,
-plus the process's GPU memory as nvidia-smi reports it. Stdlib only."""
+"""Start llama-server in three configurations (all layers on the GPU, -ngl 0, CPU only), time the load
+(launch -> GET /health 200), send real /v1/chat/completions requests and record the `timings` llama-server
+returns, plus the process's GPU memory as nvidia-smi reports it. Standard library only.
+
+Called by `tools/gpu-check/llama-cpp.sh serve`; docs/gpu-check.md says what the figures mean.
+"""
 
 import argparse
 import json
@@ -17,7 +20,8 @@ ap.add_argument("--bin", required=True)
 ap.add_argument("--model", required=True)
 ap.add_argument("--out", required=True)
 ap.add_argument("--logdir", default="/tmp")
-ap.add_argument("--port", type=int, default=8080)
+# Not 8080-8084: the check may run on the server itself, where those ports belong to the LLM services.
+ap.add_argument("--port", type=int, default=18080)
 args = ap.parse_args()
 
 BASE = f"http://127.0.0.1:{args.port}"

@@ -1,25 +1,30 @@
-# ruff: noqa: E501, SIM115, B905 -- the script as it ran on the GPU machine (docs/gpu-check.md), only reformatted
-"""Start the project's embedding and reranker servers, check them, benchmark them.
+"""Start the embedding and reranker servers on the GPU, check their answers, then benchmark them.
 
-Run from the repository root:  python3 .gpu/support/run/checks.py MODELS_DIR OUT_DIR
-Settings: KCA_DEVICE / KCA_PRECISION from the environment (cuda/fp16 on the GPU machine).
-Writes OUT_DIR/checks.json, OUT_DIR/emb.log, OUT_DIR/rr.log, OUT_DIR/bench.txt; prints a summary.
+Run from the repository root with the python that has apps/requirements-support.txt installed
+(tools/gpu-check/support-services.sh prepares one and calls this):
+
+    python tools/gpu-check/support_checks.py --embedding-model DIR --reranker-model DIR --out DIR
+
+KCA_DEVICE / KCA_PRECISION (default cuda / fp16) choose where the servers run. Writes OUT/checks.json,
+OUT/embedding.log, OUT/reranker.log and OUT/bench.txt; prints a summary; exits 1 when a check fails.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import requests
 
-MODELS, OUT = sys.argv[1], sys.argv[2]
 DEVICE = os.environ.get("KCA_DEVICE", "cuda")
 PRECISION = os.environ.get("KCA_PRECISION", "fp16")
+# The production ports (services.bge-embedding and services.bge-reranker in group_data/all.py).
 EMB_PORT, RR_PORT = 8083, 8006
 EMB_URL, RR_URL = f"http://127.0.0.1:{EMB_PORT}", f"http://127.0.0.1:{RR_PORT}"
 result: dict = {"device": DEVICE, "precision": PRECISION}
@@ -42,7 +47,7 @@ def start(app: str, model: str, name: str, port: int, logfile: str) -> tuple[sub
         KCA_MAX_BODY_BYTES="8388608",
         PYTHONUNBUFFERED="1",
     )
-    out = open(logfile, "w")
+    out = open(logfile, "w")  # noqa: SIM115 (held while the server runs)
     started = time.monotonic()
     proc = subprocess.Popen(
         [sys.executable, app, "--host", "127.0.0.1", "--port", str(port)], env=env, stdout=out, stderr=subprocess.STDOUT
@@ -77,16 +82,25 @@ def gpu_apps() -> str:
 
 
 def cos(a: list[float], b: list[float]) -> float:
-    return sum(x * y for x, y in zip(a, b)) / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
+    return sum(x * y for x, y in zip(a, b, strict=True)) / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--embedding-model", type=Path, required=True, help="sentence-transformers model folder")
+    parser.add_argument("--reranker-model", type=Path, required=True, help="cross-encoder folder")
+    parser.add_argument("--out", type=Path, required=True, help="folder for the logs and results")
+    return parser.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    emb_name, rr_name = args.embedding_model.name, args.reranker_model.name
     emb, emb_t0 = start(
-        "apps/bge_embedding_server.py", f"{MODELS}/minilm-model", "all-MiniLM-L6-v2", EMB_PORT, f"{OUT}/emb.log"
+        "apps/bge_embedding_server.py", str(args.embedding_model), emb_name, EMB_PORT, f"{args.out}/embedding.log"
     )
-    rr, rr_t0 = start(
-        "apps/reranker_server.py", f"{MODELS}/reranker-b", "minilm-cross-encoder", RR_PORT, f"{OUT}/rr.log"
-    )
+    rr, rr_t0 = start("apps/reranker_server.py", str(args.reranker_model), rr_name, RR_PORT, f"{args.out}/reranker.log")
     result["pids"] = {"embedding": emb.pid, "reranker": rr.pid}
     ok = True
     try:
@@ -106,14 +120,14 @@ def main() -> None:
             "A cat naps on the sunny window sill.",
             "Quarterly revenue of the semiconductor company rose by twelve percent.",
         ]
-        r = requests.post(f"{EMB_URL}/v1/embeddings", json={"input": texts, "model": "all-MiniLM-L6-v2"}, timeout=60)
+        r = requests.post(f"{EMB_URL}/v1/embeddings", json={"input": texts, "model": emb_name}, timeout=60)
         r.raise_for_status()
         body = r.json()
         vecs = [d["embedding"] for d in body["data"]]
         dims = [len(v) for v in vecs]
         norms = [math.sqrt(sum(x * x for x in v)) for v in vecs]
         near, far = cos(vecs[0], vecs[1]), cos(vecs[0], vecs[2])
-        good = dims == [384] * 3 and near > far
+        good = dims[0] > 0 and dims == [dims[0]] * 3 and near > far
         ok &= good
         result["embeddings"] = {
             "dims": dims,
@@ -124,7 +138,8 @@ def main() -> None:
             "model": body["model"],
         }
         log(
-            f"embeddings: dims {dims}, norms {[round(n, 4) for n in norms]}, cos near-dup {near:.4f} > unrelated {far:.4f}"
+            f"embeddings: dims {dims}, norms {[round(n, 4) for n in norms]}, "
+            f"cos near-dup {near:.4f} > unrelated {far:.4f}"
             f"  [{'OK' if good else 'FAIL'}]  usage {body['usage']}"
         )
 
@@ -154,7 +169,7 @@ def main() -> None:
             sys.executable,
             "bench/support_services.py",
             "--model-path",
-            f"{MODELS}/minilm-model",
+            str(args.embedding_model),
             "--embedding-url",
             EMB_URL,
             "--reranker-url",
@@ -176,7 +191,7 @@ def main() -> None:
             )
             log(outs[-1])
             ok &= p.returncode == 0
-        with open(f"{OUT}/bench.txt", "w") as f:
+        with open(f"{args.out}/bench.txt", "w") as f:
             f.write("\n".join(outs))
         result["gpu_apps_after_bench"] = gpu_apps()
         log(f"GPU memory per process after the bench (pid, name, used):\n{result['gpu_apps_after_bench']}")
@@ -189,10 +204,11 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 proc.kill()
         result["all_ok"] = bool(ok)
-        with open(f"{OUT}/checks.json", "w") as f:
+        with open(f"{args.out}/checks.json", "w") as f:
             json.dump(result, f, indent=2)
         log(f"ALL CHECKS {'OK' if ok else 'NOT OK'}")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
