@@ -375,6 +375,7 @@ services = {
         "exposure": "internal",
         "bind": "127.0.0.1",
         "feature": "chat UI",
+        "health_path": "/health",
     },
     "dify-nginx": {
         "compose_service": "nginx",

@@ -172,18 +172,21 @@ def install_helpers() -> None:
     )
 
 
-def compose_up(label: str, project: str, folder: str, compose_args: list[str], changed: list, checks=()):
+def compose_up(label: str, project: str, folder: str, compose_args: list[str], changed: list, checks=(), wait=0):
     """Converge a compose project with `docker compose up -d`, which is idempotent.
 
     It runs when the project was not converged at planning (a container missing, stopped or built
     from another configuration: a deploy interrupted half-way is finished by the next one), or when
-    a file the project reads changed during this run. `checks` run first and stop it on failure."""
+    a file the project reads changed during this run. `checks` run first and stop it on failure.
+    `wait` (seconds): wait until every service is running and healthy, so the deploy ends with the
+    application answering (its first start migrates a database)."""
     args = " ".join(shlex.quote(a) for a in ["-p", project, *compose_args])
     state = remote_output(f"cd {shlex.quote(folder)} && {COMPOSE_STATE} {args} 2>/dev/null || echo pending")
     pending = state != "converged"
+    up = f"{COMPOSE} {args} up -d --remove-orphans" + (f" --wait --wait-timeout {wait}" if wait else "")
     return server.shell(
         name=f"Converge {label} (docker compose up -d)",
-        commands=[*checks, f"{COMPOSE} {args} up -d --remove-orphans"],
+        commands=[*checks, up],
         _chdir=folder,
         _if=lambda: pending or any(op.did_change() for op in changed if op is not None),
     )

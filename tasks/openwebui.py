@@ -138,4 +138,4 @@ def deploy_openwebui(stack: Stack, docker_changes: list | None = None) -> None:
                 port=port.target,
             )
         )
-    compose_up("Open WebUI", webui.compose_project, folder, ["-f", "docker-compose.yml"], changed)
+    compose_up("Open WebUI", webui.compose_project, folder, ["-f", "docker-compose.yml"], changed, wait=600)

@@ -4,14 +4,18 @@
 
 External services are asked directly at the target's address, internal ones through an SSH tunnel to
 the host's loopback. Each row: the unit's state on the host (active, inactive, skipped: condition
-unmet), GET /health (for a compose service: whether the host listens on its port), the answer time.
-Exit 1 when a service that should run at boot does not answer.
+unmet) or the compose project, GET /health (a compose service without a health path: whether the host
+listens on its port), the answer time. Then one row per LLM back end of Open WebUI: whether the key
+Open WebUI holds for it is accepted (a wrong key silently drops that back end's models from its list).
+Exit 1 when a service that should run does not answer, or Open WebUI's key for a running back end is
+rejected. Secrets are read on the host into memory and never printed.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -43,13 +47,29 @@ def host_state(ssh_target: list[str], units: list[str]) -> tuple[dict[str, str],
     return states, listening
 
 
-def probe_http(address: str, port: int) -> tuple[str, float]:
+def env_value(ssh_target: list[str], path: str, key: str) -> str:
+    """One KEY=value of a root-only env file on the host (kept in memory, never printed)."""
+    command = f"sed -n {shlex.quote('s/^' + key + '=//p')} {shlex.quote(path)}"
+    done = subprocess.run(["ssh", *ssh_target, command], capture_output=True, text=True)
+    return done.stdout.strip()
+
+
+def probe_http(address: str, port: int, path: str = "/health", key: str | None = None) -> tuple[str, float]:
     started = time.monotonic()
+    headers = {"Authorization": f"Bearer {key}"} if key is not None else {}
     try:
-        answer = f"HTTP {requests.get(f'http://{address}:{port}/health', timeout=5).status_code}"
+        status = requests.get(f"http://{address}:{port}{path}", headers=headers, timeout=5).status_code
+        answer = {200: "HTTP 200", 401: "key rejected"}.get(status, f"HTTP {status}")
     except requests.RequestException:
         answer = "no answer"
     return answer, time.monotonic() - started
+
+
+def compose_project_runs(stack, project: str) -> bool:
+    """Whether this host starts the compose project: its images can be pulled or built here."""
+    if project == stack.services[stack.openwebui["service"]].compose_project:
+        return stack.docker["pull_images"] or bool(stack.openwebui.get("local_build"))
+    return stack.docker["pull_images"] and stack.dify.get("source") != "unavailable"
 
 
 def main() -> int:
@@ -63,35 +83,63 @@ def main() -> int:
     services = [s for s in stack.services.values() if s.port]
     states, listening = host_state(target, [s.unit for s in services if s.unit])
     tunnels = Tunnels(target)
+
+    def reach(service, path="/health", key=None):
+        if service.exposure == "external":
+            return probe_http(address, service.port, path, key)
+        return probe_http("127.0.0.1", tunnels.local_port(service.port), path, key)
+
     problems = 0
     print(f"{'service':20} {'unit / project':34} {'port':>5} {'exposure':9} {'state':17} {'health':12} {'ms':>6}")
     try:
         for s in services:
             gpu_missing = not stack.runnable_here(s)
+            health_path = s.settings.get("health_path")
             if not s.is_systemd:
-                state = f"compose {s.compose_project}"
+                runs = compose_project_runs(stack, s.compose_project)
+                state = f"compose {s.compose_project}" if runs else "not started here"
+                should_answer = runs and bool(health_path)
             else:
                 state = "skipped (no GPU)" if gpu_missing else states.get(s.unit, "unknown")
-            should_answer = s.is_systemd and stack.starts_at_boot(s) and not gpu_missing
-            if not s.is_systemd:
-                # No HTTP health of their own here: whether the host listens on the port says enough.
+                should_answer = stack.starts_at_boot(s) and not gpu_missing
+            if not s.is_systemd and not (should_answer and s.port in listening):
+                # No HTTP health of their own: whether the host listens on the port says enough.
                 answer, seconds = ("listening" if s.port in listening else "not listening"), 0.0
-            elif state != "active":
+            elif s.is_systemd and state != "active":
                 answer, seconds = "-", 0.0
-            elif s.exposure == "external":
-                answer, seconds = probe_http(address, s.port)
             else:
-                answer, seconds = probe_http("127.0.0.1", tunnels.local_port(s.port))
+                answer, seconds = reach(s, health_path or "/health")
             if should_answer and answer != "HTTP 200":
                 problems += 1
             print(
                 f"{s.name:20} {(s.unit or s.compose_project):34} {s.port:>5} {s.exposure:9} {state:17} "
                 f"{answer:12} {seconds * 1000:6.0f}"
             )
+        problems += openwebui_keys(stack, target, states, reach)
     finally:
         tunnels.close()
-    print(f"{problems} service(s) that should answer did not" if problems else "every boot service answers")
+    print(f"{problems} problem(s): see the rows above" if problems else "every service that should answer does")
     return 1 if problems else 0
+
+
+def openwebui_keys(stack, target, states, reach) -> int:
+    """Open WebUI's key for each running LLM back end, asked of that back end (GET /v1/models)."""
+    webui = stack.services[stack.openwebui["service"]]
+    if not compose_project_runs(stack, webui.compose_project):
+        return 0
+    keys = env_value(target, stack.openwebui["env_file"], "OPENAI_API_KEYS").split(";")
+    backends = [s for s in stack.services.values() if s.kind in stack.openwebui["llm_kinds"] and s.ports]
+    problems = 0
+    for backend, key in zip(backends, keys, strict=False):
+        if states.get(backend.unit) != "active":
+            continue
+        answer, seconds = reach(backend, "/v1/models", key)
+        verdict = "key ok" if answer == "HTTP 200" else answer
+        if answer != "HTTP 200":
+            problems += 1
+        label = f"open-webui -> {backend.name}"
+        print(f"{label:55} {backend.port:>5} {'':9} {'back end':17} {verdict:12} {seconds * 1000:6.0f}")
+    return problems
 
 
 if __name__ == "__main__":
