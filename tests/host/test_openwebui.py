@@ -21,13 +21,37 @@ from chromium import Browser  # tests/host/chromium.py
 # The first start migrates Open WebUI's database: give it time.
 READY_TIMEOUT_S = 300
 JOURNEYS: list[tuple[str, str, float]] = []
+# The button that closes the release notes shown to a new account.
+OKAY = "Okay, Let's Go!"
 SCREENSHOT = Path(os.environ.get("KCA_CACHE_DIR", "/var/cache/kca-ai-infra")) / "logs" / "openwebui-chat.png"
 
-# A text whose passages are far apart in meaning: retrieval must return the one asked about.
+# A text whose passages are far apart in meaning, each longer than half of Open WebUI's default chunk
+# (1000 characters), so that each is a chunk of its own: retrieval must put the one asked about first.
 KNOWLEDGE = {
-    "gpu": "The RTX 5090 in the kca server has 32 GB of VRAM, and only one large model may hold it at a time.",
-    "backup": "Backups of the kca server are encrypted with restic and kept off the host, restored after a disk dies.",
-    "firewall": "The firewall of the kca server drops every port the port map calls internal, at boot and after.",
+    "gpu": (
+        "The RTX 5090 graphics card in the kca server has 32 GB of VRAM. Only one large language model may "
+        "hold the card at a time: GPT-OSS, EXAONE or HyperCLOVA X. The small models, Qwen3-VL, the embedding "
+        "model and the reranker, share what is left. Switching the card from one large model to another "
+        "stops the first service before the second one starts, so that the video memory is never "
+        "oversubscribed. The VRAM scenarios list which services may run together on the graphics card, "
+        "and the switch refuses a set of services whose video memory would not fit on the card."
+    ),
+    "backup": (
+        "Backups of the kca server are encrypted with restic and kept off the host, in a repository that "
+        "survives the server. A timer takes a snapshot every night and checks the repository every week. "
+        "After a disk dies, the operator rebuilds the server from a bare operating system and restores the "
+        "latest snapshot: the secrets first, then the databases and the uploaded files, then the services "
+        "start again. The snapshot's age tells how much work could be lost, and the repository password "
+        "never lives on the server itself, because a dead server would take it along."
+    ),
+    "firewall": (
+        "The firewall of the kca server drops every port that the port map calls internal, from the moment "
+        "the machine boots. Only SSH, the public language model ports and the web entry points answer "
+        "from outside; the embedding service, the reranker, Docling and the databases answer only on the "
+        "host and from its container networks. The ruleset is rendered from the same data as the services, "
+        "checked before it is loaded, and swapped in one step, so that no packet ever passes between an old "
+        "and a new set of rules."
+    ),
 }
 
 
@@ -233,6 +257,7 @@ def test_knowledge_base_retrieval_uses_embeddings_and_reranker(host, stack, webu
         knowledge_id, since = knowledge_base
         documents = retrieve(webui, admin, knowledge_id, "How are backups encrypted and where are they kept?")
         assert documents and "restic" in documents[0], documents
+        assert "VRAM" not in documents[0] and "ruleset" not in documents[0], "passages were not chunked apart"
         embedding = stack.services[stack.openwebui["embedding_service"]]
         reranker = stack.services[stack.openwebui["reranker_service"]]
         embedded = requests_logged(host, embedding.unit, "/v1/embeddings", since)
@@ -249,7 +274,7 @@ def test_retrieval_still_answers_with_the_reranker_stopped(host, stack, webui, a
         host.run(f"systemctl stop {reranker.unit}")
         try:
             documents = retrieve(webui, admin, knowledge_id, "How much VRAM does the GPU have?")
-            assert any("32 GB" in d for d in documents), documents
+            assert documents and "32 GB" in documents[0], documents
         finally:
             host.run(f"systemctl start {reranker.unit}")
         journey.result = "answered without reranking"
@@ -304,9 +329,17 @@ def test_signed_in_chat_page_in_a_browser(stack, webui, admin):
             assert browser.wait_for("document.readyState === 'complete'", 60)
             browser.evaluate(f"localStorage.setItem('token', {admin['token']!r})")
             browser.open(f"{webui}/")
+            # A new account is greeted by the release notes: close them as a user would.
+            if browser.wait_for(
+                f"[...document.querySelectorAll('button')].some(b => b.innerText.includes({OKAY!r}))", 20
+            ):
+                browser.evaluate(
+                    f"[...document.querySelectorAll('button')].find(b => b.innerText.includes({OKAY!r})).click()"
+                )
             models = sorted(listed_models(webui, admin))
-            expression = " || ".join(f"document.body.innerText.includes({m!r})" for m in models) or "false"
-            found = browser.wait_for(f"!location.pathname.startsWith('/auth') && ({expression})", 90)
+            # The chat page names the selected model in its model selector (Open WebUI picks one).
+            shows = " || ".join(f"document.body.innerText.includes({m!r})" for m in models) or "false"
+            found = browser.wait_for(f"!location.pathname.startsWith('/auth') && ({shows})", 120)
             path = browser.screenshot(SCREENSHOT)
         finally:
             browser.close()
