@@ -52,3 +52,8 @@ docker_pull_images = False
 # Dify's release archive is in no package registry reachable from here: the Dify step stops with one
 # message; its .env and override are tested offline against a compose file of the same shape.
 dify_source = "unavailable"
+
+# The restic repository: a folder on the test host itself, which protects against a deleted file and
+# nothing more; it lets every deploy exercise the backup layer. The password comes from the control
+# machine (inventory.py keeps one in the test host's state folder), as production's comes from the operator.
+backup_repository = "/var/lib/kca-backup/repository"
