@@ -879,6 +879,10 @@ backup = {
     # systemd calendar expressions.
     "schedule": "daily",
     "check_schedule": "weekly",
+    # What the weekly check reads of the data itself (restic check --read-data-subset): a plain check
+    # reads only the index and the trees, so a damaged data pack would wait for a restore to be found.
+    # A random 10% each week reads every pack about once in ten weeks.
+    "check_read_data_subset": "10%",
     # restic forget --prune after each backup.
     "retention": {"keep_daily": 7, "keep_weekly": 5, "keep_monthly": 12},
     # The health table turns the backup row red past this age.

@@ -183,6 +183,7 @@ def _backup(r: _Reader, data: Mapping[str, Any]) -> Backup | None:
         work_dir=r.get(raw, "work_dir", "backup", str, "/var/lib/kca-backup"),
         schedule=r.get(raw, "schedule", "backup", str, "daily"),
         check_schedule=r.get(raw, "check_schedule", "backup", str, "weekly"),
+        check_read_data_subset=r.get(raw, "check_read_data_subset", "backup", (str, type(None)), None),
         retention=dict(retention),
         max_age_hours=_number(r, raw, "max_age_hours", "backup", 36.0) or 36.0,
         restore=r.get(raw, "restore", "backup", (str, type(None)), None),

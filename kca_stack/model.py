@@ -220,6 +220,7 @@ class Backup:
     work_dir: str
     schedule: str
     check_schedule: str
+    check_read_data_subset: str | None
     retention: Mapping[str, int]
     max_age_hours: float
     restore: str | None

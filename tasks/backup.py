@@ -78,6 +78,7 @@ def backup_config(stack: Stack) -> dict:
         "work_dir": b.work_dir,
         "secrets_dir": stack.paths["secrets"],
         "retention": dict(b.retention),
+        "check_read_data_subset": b.check_read_data_subset,
         "pins": stack.pins(),
         "state": [state_entry(stack, item) for item in b.backed_up()],
     }

@@ -6,11 +6,15 @@ External services are asked directly at the target's address, internal ones thro
 the host's loopback. Each row: the unit's state on the host (active, inactive, skipped: condition
 unmet), GET /health (for a compose service: whether the host listens on its port), the answer time.
 Exit 1 when a service that should run at boot does not answer.
+
+The last row is the backups': the age of the last snapshot, red (and exit 1) when the backup or the
+weekly check failed, or when the last snapshot is older than backup.max_age_hours.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -41,6 +45,41 @@ def host_state(ssh_target: list[str], units: list[str]) -> tuple[dict[str, str],
         elif len(fields) >= 4:
             listening.add(int(fields[3].rsplit(":", 1)[1]))
     return states, listening
+
+
+def backup_row(ssh_target: list[str], stack) -> tuple[str, str, bool]:
+    """(state, health, problem) of the backups, from the host's own records: no repository access."""
+    b = stack.backup
+    script = (
+        f"/usr/local/sbin/kca-backup --config {b.config_dir}/config.json status; echo '@@'; "
+        "systemctl is-active kca-backup.service kca-backup-check.service; echo '@@'; "
+        "since=$(systemctl show -p ActiveEnterTimestamp --value kca-backup.timer); "
+        'echo $(( $(date +%s) - $(date -d "$since" +%s 2>/dev/null || date +%s) ))'
+    )
+    out = subprocess.run(["ssh", *ssh_target, script], capture_output=True, text=True).stdout
+    return backup_health(out, b.max_age_hours)
+
+
+def backup_health(out: str, max_age_hours: float) -> tuple[str, str, bool]:
+    """Read `kca-backup status`, the two units' states and the timer's age (seconds), split by '@@'."""
+    parts = out.split("@@")
+    if len(parts) != 3:
+        return "not installed", "-", True
+    try:
+        report = json.loads(parts[0])
+    except json.JSONDecodeError:
+        return "not installed", "-", True
+    failed = "failed" in parts[1].split()
+    timer_age_hours = int(parts[2].strip() or 0) / 3600
+    if report.get("last_check") and not report["last_check"].get("ok"):
+        return "check failed", report["last_check"].get("message", "")[:40], True
+    if failed:
+        return "failed", "see journalctl -u kca-backup", True
+    if report.get("age_hours") is None:
+        # A new host has no snapshot until the timer's first run.
+        return "active", "no snapshot yet", timer_age_hours > max_age_hours
+    age = report["age_hours"]
+    return "active", f"{age:.1f} h old", age > max_age_hours
 
 
 def probe_http(address: str, port: int) -> tuple[str, float]:
@@ -90,6 +129,14 @@ def main() -> int:
             )
     finally:
         tunnels.close()
+    if stack.backup is not None and stack.backup.enabled:
+        state, health, problem = backup_row(target, stack)
+        problems += problem
+        row = f"{'backup':20} {'kca-backup.timer':34} {'-':>5} {'-':9} {state:17} {health:12} {'':>6}"
+        # Red where a terminal shows it; FAILED in the text for logs.
+        if problem:
+            row = f"\033[31m{row} FAILED\033[0m" if sys.stdout.isatty() else f"{row} FAILED"
+        print(row)
     print(f"{problems} service(s) that should answer did not" if problems else "every boot service answers")
     return 1 if problems else 0
 

@@ -151,6 +151,8 @@ class Host:
             "work_dir": str(self.root / "host/var/lib/kca-backup"),
             "secrets_dir": str(self.secrets),
             "retention": {"keep_daily": 7},
+            # Every pack, so that a damaged one is always found (the data reads a random share weekly).
+            "check_read_data_subset": "100%",
             "pins": self.pins,
             "state": self.entries,
         }
@@ -275,27 +277,50 @@ def test_a_wrong_password_is_a_clear_error_and_touches_nothing(server):
     assert not (server.root / "host/etc").exists() and not (server.root / "host/home").exists()
 
 
-@needs_restic
-def test_a_corrupted_pack_fails_the_check_and_the_restore_refuses(server):
-    server.run("backup")
-    packs = sorted((server.repository / "data").rglob("*"), key=lambda p: p.stat().st_size if p.is_file() else 0)
-    pack = packs[-1]
-    data = bytearray(pack.read_bytes())
+def pack_holding(host: Host, blob_type: str) -> Path:
+    """A pack file of the repository that holds blobs of `blob_type` (tree or data), from its index."""
+    env = {**os.environ, "RESTIC_PASSWORD_FILE": str(host.password_file)}
+    restic = [RESTIC, "--repo", str(host.repository), "--no-cache"]
+    for index in subprocess.run([*restic, "list", "index"], env=env, capture_output=True, text=True).stdout.split():
+        packs = json.loads(subprocess.run([*restic, "cat", "index", index], env=env, capture_output=True).stdout)
+        for pack in packs["packs"]:
+            if {blob["type"] for blob in pack["blobs"]} == {blob_type}:
+                return next((host.repository / "data").rglob(pack["id"]))
+    raise AssertionError(f"no pack of {blob_type} blobs")
+
+
+def flip_bytes(path: Path) -> None:
+    data = bytearray(path.read_bytes())
     for offset in range(100, 116):
         data[offset] ^= 0xFF
-    os.chmod(pack, 0o600)
-    pack.write_bytes(bytes(data))
+    os.chmod(path, 0o600)
+    path.write_bytes(bytes(data))
+
+
+@needs_restic
+@pytest.mark.parametrize(
+    ("blob_type", "refusal"),
+    [
+        # Trees are read by every check: the restore's own check refuses.
+        ("tree", "the repository does not check clean"),
+        # Data is read by the weekly check's subset and by the restore, which verifies every blob.
+        ("data", "restic restore failed"),
+    ],
+)
+def test_a_corrupted_pack_fails_the_check_and_the_restore_refuses(server, blob_type, refusal):
+    server.run("backup")
+    flip_bytes(pack_holding(server, blob_type))
 
     check = server.run("check", check_rc=1)
-    assert "restic check failed" in check.stdout
+    assert "restic check failed" in check.stdout and "repository contains errors" in check.stdout
     record = json.loads((server.root / "host/var/lib/kca-backup/last-check.json").read_text())
     assert record["ok"] is False, "the health table reads this record"
 
     server.destroy()
     run = server.run("restore", "latest", check_rc=3)
-    assert "the repository does not check clean" in run.stdout
+    assert refusal in run.stdout and "ciphertext verification failed" in run.stdout
     assert "Nothing was changed" in run.stdout
-    assert not (server.root / "host/etc").exists()
+    assert not (server.root / "host/etc").exists() and not (server.root / "host/home").exists()
 
 
 @needs_restic
@@ -373,3 +398,24 @@ def test_a_backup_killed_mid_run_is_completed_by_the_next_one(server):
     print(f"\nbackup after the kill: {time.monotonic() - started:.1f} s")
     server.run("check")
     assert json.loads((server.root / "host/var/lib/kca-backup/last-check.json").read_text())["ok"] is True
+
+
+@needs_restic
+def test_the_health_table_reads_the_age_and_turns_red_on_a_failed_check(server):
+    sys.path.insert(0, str(SCRIPT.parents[4]))
+    from tools.health_check import backup_health
+
+    def row(units: str = "inactive\ninactive", timer_age_s: int = 60):
+        status = server.run("status").stdout
+        return backup_health(f"{status}@@\n{units}\n@@\n{timer_age_s}\n", max_age_hours=36)
+
+    assert row() == ("active", "no snapshot yet", False)
+    assert row(timer_age_s=40 * 3600)[2] is True, "a timer that never produced a snapshot in 36 h is red"
+    server.run("backup")
+    state, health, problem = row()
+    assert (state, health, problem) == ("active", "0.0 h old", False)
+    assert row(units="failed\ninactive") == ("failed", "see journalctl -u kca-backup", True)
+    flip_bytes(pack_holding(server, "data"))
+    server.run("check", check_rc=1)
+    state, _health, problem = row()
+    assert (state, problem) == ("check failed", True)
