@@ -142,7 +142,9 @@ def backup_summary(stack: Stack) -> str:
     retention = ", ".join(f"{k.removeprefix('keep_')} {v}" for k, v in b.retention.items())
     return (
         f"restic, {'enabled' if b.enabled else 'disabled'}: a backup `{b.schedule}`, "
-        f"`restic check` `{b.check_schedule}`, "
+        f"`restic check` `{b.check_schedule}`"
+        + (f" (reading {b.check_read_data_subset} of the data packs)" if b.check_read_data_subset else "")
+        + ", "
         f"retention {retention}. The repository lies off the server and is set per site; its password comes "
         f"from the operator (`{b.password_env}`). Each snapshot records the version pins; a restore onto older "
         "pins is refused, one onto newer pins restores first and the deploy snapshots again before the new "
