@@ -53,7 +53,8 @@ docker_pull_images = False
 # message; its .env and override are tested offline against a compose file of the same shape.
 dify_source = "unavailable"
 
-# The restic repository: a folder on the test host itself, which protects against a deleted file and
-# nothing more; it lets every deploy exercise the backup layer. The password comes from the control
-# machine (inventory.py keeps one in the test host's state folder), as production's comes from the operator.
-backup_repository = "/var/lib/kca-backup/repository"
+# The restic repository: a folder of the control machine bound into the test host (testhost/testhost),
+# off the test host's root filesystem, so it outlives the host as an off-site repository outlives the
+# server. The password comes from the control machine too (inventory.py keeps it in the test host's
+# state folder), as production's comes from the operator.
+backup_repository = "/srv/kca-backup-repository"
