@@ -371,6 +371,7 @@ def test_version_pins_older_refused_newer_restored(server):
     assert "snapshot" in started.stdout
     record = json.loads((server.root / "host/var/lib/kca-backup/last-backup.json").read_text())
     assert record["reason"] == "before dify.tag 1.13.3 -> 1.14.0"
+    assert record["pins"]["dify.tag"] == "1.13.3", "the snapshot records the version that wrote the state"
     assert "have not changed" in server.run("before-start").stdout
 
 
