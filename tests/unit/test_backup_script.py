@@ -19,6 +19,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -420,3 +421,65 @@ def test_the_health_table_reads_the_age_and_turns_red_on_a_failed_check(server):
     server.run("check", check_rc=1)
     state, _health, problem = row()
     assert (state, problem) == ("check failed", True)
+
+
+POSTGRES_BIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"))), None)
+
+
+@pytest.mark.skipif(POSTGRES_BIN is None, reason="PostgreSQL's server binaries are not installed here")
+def test_a_pg_dumpall_loads_into_a_fresh_cluster_with_errors_stopping_it():
+    """What the restore does with Dify's database, with a real PostgreSQL: pg_dumpall of a cluster
+    holding dify and dify_plugin, loaded into a freshly initialised one (the image's first start) under
+    ON_ERROR_STOP. Unfiltered, the dump's CREATE ROLE of the superuser stops the load."""
+    # PostgreSQL refuses to run as root: as root, the clusters belong to nobody, in a folder it can reach.
+    runner = ["runuser", "-u", "nobody", "--"] if os.geteuid() == 0 else []
+    tmp_path = Path(tempfile.mkdtemp(prefix="kca-pg-"))
+    os.chmod(tmp_path, 0o777)
+
+    def pg(*argv: str, **kwargs) -> subprocess.CompletedProcess:
+        return subprocess.run([*runner, *argv], capture_output=True, text=True, cwd=tmp_path, **kwargs)
+
+    def cluster(name: str, port: int) -> list[str]:
+        data = tmp_path / name
+        init = pg(str(POSTGRES_BIN / "initdb"), "-U", "postgres", "-A", "trust", "-D", str(data))
+        assert init.returncode == 0, init.stderr
+        options = f"-k {tmp_path} -p {port} -c listen_addresses=''"
+        started = pg(
+            str(POSTGRES_BIN / "pg_ctl"), "-D", str(data), "-o", options, "-w", "-l", str(data) + ".log", "start"
+        )
+        assert started.returncode == 0, started.stderr
+        return [str(POSTGRES_BIN / "psql"), "-h", str(tmp_path), "-p", str(port), "-U", "postgres", "-q"]
+
+    source, fresh = cluster("source", 55431), cluster("fresh", 55432)
+    try:
+        for database in ("dify", "dify_plugin"):
+            assert pg(*source, "-c", f"CREATE DATABASE {database}").returncode == 0
+        assert (
+            pg(
+                *source,
+                "-d",
+                "dify",
+                "-c",
+                "CREATE TABLE apps (id serial, name text); "
+                "INSERT INTO apps (name) SELECT 'app ' || g FROM generate_series(1, 500) g",
+            ).returncode
+            == 0
+        )
+        dump_file = tmp_path / "dumpall.sql"
+        dumped = pg(str(POSTGRES_BIN / "pg_dumpall"), "-h", str(tmp_path), "-p", "55431", "-U", "postgres")
+        assert dumped.returncode == 0, dumped.stderr
+        dump_file.write_text(dumped.stdout)
+
+        load = [*fresh, "-v", "ON_ERROR_STOP=1", "-d", "postgres"]
+        # Unfiltered, the first statement stops the load, before anything else is created.
+        unfiltered = pg(*load, input=dumped.stdout)
+        assert unfiltered.returncode != 0 and 'role "postgres" already exists' in unfiltered.stderr
+        loaded = pg(*load, input=kca_backup.filtered_dump(str(dump_file), "postgres"))
+        assert loaded.returncode == 0, loaded.stderr
+        rows = pg(*fresh, "-d", "dify", "-At", "-c", "SELECT count(*) FROM apps")
+        assert rows.stdout.strip() == "500"
+        assert "dify_plugin" in pg(*fresh, "-At", "-c", "SELECT datname FROM pg_database").stdout
+    finally:
+        for name in ("source", "fresh"):
+            pg(str(POSTGRES_BIN / "pg_ctl"), "-D", str(tmp_path / name), "-m", "immediate", "stop")
+        shutil.rmtree(tmp_path, ignore_errors=True)
