@@ -9,7 +9,21 @@ import sys
 from pyinfra import host
 
 from kca_stack import StackError, load_stack
-from tasks import base, dify, docker, firewall, llama_cpp, llm, models, nvidia, openwebui, secrets, support, units
+from tasks import (
+    backup,
+    base,
+    dify,
+    docker,
+    firewall,
+    llama_cpp,
+    llm,
+    models,
+    nvidia,
+    openwebui,
+    secrets,
+    support,
+    units,
+)
 
 try:
     stack = load_stack(host.data)
@@ -20,6 +34,8 @@ except StackError as error:
 
 # 1. The base layer: user, /models, directory tree, packages, Python environment.
 base.deploy_base(stack=stack)
+# Before the secret generator: a requested restore brings the secrets (and all state files) back first.
+backup.deploy_backup(stack=stack)
 secrets.deploy_secrets(stack=stack)
 # Early: internal services listen on all addresses, so the firewall is in place before any starts.
 firewall.deploy_firewall(stack=stack)
@@ -54,7 +70,10 @@ units.activate(
     {name: units.restart_triggers(stack.services[name], ops, support_models) for name, ops in support_changes.items()},
 )
 
-# 4. Docker, Open WebUI and Dify (the compose projects; started only where images can be pulled).
+# 4. Docker, Open WebUI and Dify (the compose projects: pulled images, or images built on the host where
+#    none can be pulled; Dify only where its images can be pulled).
 docker_changes = docker.deploy_docker(stack=stack)
+# Before the applications start: restored databases are loaded, a changed version pin is snapshotted first.
+backup.before_services_start(stack=stack)
 openwebui.deploy_openwebui(stack=stack, docker_changes=docker_changes)
 dify.deploy_dify(stack=stack)

@@ -6,11 +6,16 @@
   KCA_PRODUCTION_KEY (optional SSH key file).
 - `testhost`: the disposable Debian 12 host that `testhost/testhost up` boots under systemd-nspawn.
 
+The backup repository's password comes from the operator, never from the server: KCA_BACKUP_PASSWORD in
+production.env or the environment (with KCA_BACKUP_REPOSITORY). For the test host the control machine
+keeps one in the test host's state folder, generated once, so it outlives every test host.
+
 When no production host is configured, the inventory holds only the test host: that is the embedded
 default. KCA_TARGET=testhost forces the test host even when production is configured.
 """
 
 import os
+import secrets
 from pathlib import Path
 
 _HERE = Path(__file__).resolve().parent
@@ -45,8 +50,26 @@ _target = _SETTINGS.get("KCA_TARGET") or ("production" if _SETTINGS.get("KCA_PRO
 production = []
 testhost = []
 
+
+def _testhost_backup_password() -> str:
+    """The test host's repository password, kept on the control machine (generated once)."""
+    path = _STATE_DIR / "backup-password"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(32) + "\n")
+    return path.read_text().strip()
+
+
+if _target != "production" and not _SETTINGS.get("KCA_BACKUP_PASSWORD"):
+    _SETTINGS["KCA_BACKUP_PASSWORD"] = os.environ["KCA_BACKUP_PASSWORD"] = _testhost_backup_password()
+# The deploy reads the password from the environment; the data says only whether there is one, so the
+# check before the first operation can name where to put it (the value never enters pyinfra's data).
+_BACKUP_PASSWORD_GIVEN = bool(_SETTINGS.get("KCA_BACKUP_PASSWORD"))
+
 if _target == "production":
     _prod = {
+        "backup_password_given": _BACKUP_PASSWORD_GIVEN,
         "ssh_user": _SETTINGS.get("KCA_PRODUCTION_USER", "root"),
         "ssh_port": int(_SETTINGS.get("KCA_PRODUCTION_PORT", "22")),
     }
@@ -60,6 +83,7 @@ else:
         (
             "kca-testhost",
             {
+                "backup_password_given": _BACKUP_PASSWORD_GIVEN,
                 "ssh_hostname": TESTHOST_ADDRESS,
                 "ssh_user": "root",
                 "ssh_key": TESTHOST_KEY,

@@ -28,7 +28,7 @@ user = {"name": "kca", "home": "/home/kca", "shell": "/bin/bash"}
 
 paths = {
     # Every path in this file must lie under one of these roots (checked before the run).
-    "roots": ["/home/kca", "/models", "/opt/ai-platform", "/etc/systemd/system", "/etc/kca"],
+    "roots": ["/home/kca", "/models", "/opt/ai-platform", "/etc/systemd/system", "/etc/kca", "/var/lib/kca-backup"],
     "models": "/models",
     "llama_cpp": "/home/kca/llama.cpp",
     "openwebui": "/home/kca/openwebui",
@@ -368,6 +368,17 @@ services = {
     },
     "open-webui": {
         "compose_service": "open-webui",
+        # Users, chats, knowledge bases and settings in SQLite; uploads and the vector index beside it.
+        "state": {
+            "kind": "sqlite",
+            "paths": ["/home/kca/openwebui/data"],
+            "capture": "sqlite-backup",
+            "databases": ["webui.db", "vector_db/chroma.sqlite3"],
+            # Downloaded model caches: fetched again on start.
+            "exclude": ["cache"],
+            "recreatable": False,
+            "pin": "openwebui.tag",
+        },
         "title": "Open WebUI",
         "kind": "docker",
         "compose_project": "openwebui",
@@ -379,6 +390,16 @@ services = {
     },
     "dify-nginx": {
         "compose_service": "nginx",
+        # The TLS material: certificates and keys, whether placed by hand or issued by certbot.
+        "state": {
+            "kind": "secrets",
+            "paths": [
+                "/opt/ai-platform/dify-official/docker/nginx/ssl",
+                "/opt/ai-platform/dify-official/docker/volumes/certbot/conf",
+            ],
+            "capture": "copy",
+            "recreatable": False,
+        },
         "title": "Dify Nginx",
         "kind": "docker",
         "compose_project": "dify",
@@ -402,6 +423,14 @@ services = {
     },
     "dify-api": {
         "compose_service": "api",
+        # Uploads, and the tenants' private keys that decrypt the model credentials stored in PostgreSQL.
+        "state": {
+            "kind": "files",
+            "paths": ["/opt/ai-platform/dify-official/docker/volumes/app/storage"],
+            "capture": "copy",
+            "recreatable": False,
+            "pin": "dify.tag",
+        },
         "title": "Dify API",
         "kind": "docker",
         "compose_project": "dify",
@@ -412,6 +441,14 @@ services = {
     },
     "dify-plugin-daemon": {
         "compose_service": "plugin_daemon",
+        # Installed plugin packages and their working files.
+        "state": {
+            "kind": "files",
+            "paths": ["/opt/ai-platform/dify-official/docker/volumes/plugin_daemon"],
+            "capture": "copy",
+            "recreatable": False,
+            "pin": "dify.tag",
+        },
         "title": "Dify plugin daemon",
         "kind": "docker",
         "compose_project": "dify",
@@ -423,6 +460,23 @@ services = {
     },
     "dify-db": {
         "compose_service": "db_postgres",
+        # Databases dify and dify_plugin: a pg_dumpall taken through the running container. A restore
+        # loads it into the empty volume with a temporary container of the same image, before Dify starts.
+        "state": {
+            "kind": "postgresql",
+            "paths": ["/opt/ai-platform/dify-official/docker/volumes/db/data"],
+            "capture": "pg-dumpall",
+            "recreatable": False,
+            "pin": "dify.tag",
+            "postgresql": {
+                # Upstream's compose file at dify.tag: image, superuser, where the volume is mounted, PGDATA.
+                "image": "postgres:15-alpine",
+                "user": "postgres",
+                "password_secret": "dify-db-password",
+                "mount": "/var/lib/postgresql/data",
+                "pgdata": "/var/lib/postgresql/data/pgdata",
+            },
+        },
         "title": "PostgreSQL",
         "kind": "docker",
         "compose_project": "dify",
@@ -433,6 +487,13 @@ services = {
     },
     "dify-redis": {
         "compose_service": "redis",
+        # Cache and Celery's queue: nothing that is not made again.
+        "state": {
+            "kind": "files",
+            "paths": ["/opt/ai-platform/dify-official/docker/volumes/redis/data"],
+            "capture": "stop-copy-start",
+            "recreatable": True,
+        },
         "title": "Redis",
         "kind": "docker",
         "compose_project": "dify",
@@ -453,6 +514,14 @@ services = {
     },
     "dify-weaviate": {
         "compose_service": "weaviate",
+        # The datasets' vectors. No dump tool: stopped, copied, started again.
+        "state": {
+            "kind": "files",
+            "paths": ["/opt/ai-platform/dify-official/docker/volumes/weaviate"],
+            "capture": "stop-copy-start",
+            "recreatable": False,
+            "pin": "dify.tag",
+        },
         "title": "Weaviate",
         "kind": "docker",
         "compose_project": "dify",
@@ -476,6 +545,13 @@ services = {
     },
     "dify-sandbox": {
         "compose_service": "sandbox",
+        # Python packages the Code nodes asked for: installed again from their list.
+        "state": {
+            "kind": "files",
+            "paths": ["/opt/ai-platform/dify-official/docker/volumes/sandbox/dependencies"],
+            "capture": "copy",
+            "recreatable": True,
+        },
         "title": "Dify sandbox",
         "kind": "docker",
         "compose_project": "dify",
@@ -845,4 +921,81 @@ dify = {
         "RELYT_PASSWORD",
         "ALIBABACLOUD_MYSQL_PASSWORD",
     ],
+}
+
+# --- Backups and restore (restic) ---------------------------------------------------------------------
+#
+# What a rebuild cannot make again is state: each service that holds some says so in its `state` entry
+# (above); what belongs to no service is in backup.host_state. Every entry has
+#   kind:        sqlite | postgresql | files | secrets
+#   paths:       where it lives on the host
+#   capture:     how a consistent copy is taken:
+#                sqlite-backup    SQLite's online backup API for each of `databases`, the other files as they are
+#                pg-dumpall       pg_dumpall through the running container (postgresql settings say which)
+#                stop-copy-start  a store without a dump tool: its container is stopped, copied, started again
+#                copy             files copied as they are (uploads, secrets)
+#   recreatable: whether a rebuild makes it again; recreatable state is left out unless `backed_up` says so
+#   pin:         the version the state's format follows (a dotted path into the data, e.g. dify.tag): every
+#                snapshot records it, and a restore onto an older pin is refused
+# A restore puts state back all or nothing per entry. Secrets come back before the secret generator runs
+# (so nothing is regenerated), all state before the services that own it start.
+
+backup = {
+    # On by default: a deploy with no repository password stops and says where to put it.
+    "enabled": True,
+    # The repository, off the server, in restic's own syntax: a local path (a mounted disk),
+    # sftp:user@host:/path, rest:https://user@host:8000/path or s3:host/bucket/path. Site-specific:
+    # a group sets backup.repository (production reads KCA_BACKUP_REPOSITORY).
+    "repository": None,
+    # The password comes from the operator, never from the server: a dead disk would take it along.
+    "password_env": "KCA_BACKUP_PASSWORD",
+    # Further restic settings from the operator, written to the host like the password (e.g.
+    # AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY for s3), each from KCA_BACKUP_<NAME>.
+    "credentials_env": [],
+    # Where the host keeps the password, the rendered configuration, and the consistent copies it takes.
+    "config_dir": "/etc/kca/backup",
+    "work_dir": "/var/lib/kca-backup",
+    # systemd calendar expressions.
+    "schedule": "daily",
+    "check_schedule": "weekly",
+    # What the weekly check reads of the data itself (restic check --read-data-subset): a plain check
+    # reads only the index and the trees, so a damaged data pack would wait for a restore to be found.
+    # A random 10% each week reads every pack about once in ten weeks.
+    "check_read_data_subset": "10%",
+    # restic forget --prune after each backup.
+    "retention": {"keep_daily": 7, "keep_weekly": 5, "keep_monthly": 12},
+    # The health table turns the backup row red past this age.
+    "max_age_hours": 36,
+    # Set to a snapshot ID (or "latest") to restore on the next deploy; KCA_RESTORE does the same for one
+    # run (./kca restore). A host that already holds state is refused unless forced (KCA_RESTORE_FORCE=1).
+    "restore": None,
+    "host_state": {
+        # Every generated secret: PostgreSQL keeps the password it was created with, and Dify's stored
+        # credentials are encrypted with keys that depend on them.
+        "secrets": {
+            "kind": "secrets",
+            "paths": ["/etc/kca/secrets"],
+            "capture": "copy",
+            "recreatable": False,
+        },
+        # The fetcher's verification records (*.sha256, .snapshot-complete): kept, so a model fetched
+        # again can be compared with what ran before. Restored beside the live tree, never into /models
+        # (a record without its file would stop the fetcher from fetching it).
+        "model-records": {
+            "kind": "files",
+            "paths": ["/models"],
+            "only": ["*.sha256", ".snapshot-complete"],
+            "capture": "copy",
+            "recreatable": False,
+            "restore_to": "/var/lib/kca-backup/model-records",
+        },
+        # The weights: fetched again from the hub (pinned and checked), so left out by default.
+        "model-weights": {
+            "kind": "files",
+            "paths": ["/models"],
+            "exclude": ["venv", "*.sha256", ".snapshot-complete"],
+            "capture": "copy",
+            "recreatable": True,
+        },
+    },
 }

@@ -9,3 +9,7 @@ import os
 # The partition that holds /models, e.g. /dev/nvme1n1p1. Site-specific, so never committed:
 # set KCA_MODELS_DEVICE in production.env. Without it the deploy refuses to touch /models.
 models_device = os.environ.get("KCA_MODELS_DEVICE")
+
+# The restic repository, off this server (restic's syntax: a path, sftp:..., rest:..., s3:...). Site-specific:
+# set KCA_BACKUP_REPOSITORY in production.env; its password goes in KCA_BACKUP_PASSWORD beside it.
+backup = {"repository": os.environ.get("KCA_BACKUP_REPOSITORY")}

@@ -65,3 +65,9 @@ docker = {
 # Dify's release archive is in no package registry reachable from here: the Dify step stops with one
 # message; its .env and override are checked offline (tests/unit/test_compose_rendering.py).
 dify = {"source": "unavailable"}
+
+# The restic repository: a folder of the control machine bound into the test host (testhost/testhost),
+# off the test host's root filesystem, so it outlives the host as an off-site repository outlives the
+# server. The password comes from the control machine too (inventory.py keeps it in the test host's
+# state folder), as production's comes from the operator.
+backup = {"repository": "/srv/kca-backup-repository"}

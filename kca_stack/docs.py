@@ -105,6 +105,53 @@ def conflicts_table(stack: Stack) -> str:
     return _table(["unit", "Conflicts= (cannot share the GPU)", "starts at boot"], rows)
 
 
+CAPTURE_WORDS = {
+    "sqlite-backup": "SQLite online backup API",
+    "pg-dumpall": "pg_dumpall through the container",
+    "stop-copy-start": "stop, copy, start",
+    "copy": "copied as it is",
+}
+
+
+def state_table(stack: Stack) -> str:
+    """What a rebuild cannot make again, and how each piece is captured and restored."""
+    rows = []
+    for item in stack.backup.state:
+        filters = [f"only {', '.join(item.only)}"] if item.only else []
+        filters += [f"without {', '.join(item.exclude)}"] if item.exclude else []
+        if item.databases:
+            filters.append(f"databases {', '.join(item.databases)}")
+        rows.append(
+            [
+                f"`{item.name}`",
+                stack.services[item.owner].title if item.owner else "(host)",
+                item.kind,
+                "<br>".join(f"`{p}`" for p in item.paths) + (f" ({'; '.join(filters)})" if filters else ""),
+                CAPTURE_WORDS.get(item.capture, item.capture),
+                "yes" if item.recreatable else "no",
+                "yes" if item.backed_up else "no",
+                f"`{item.pin}` = {stack.pin_value(item.pin)}" if item.pin else "-",
+            ]
+        )
+    header = ["state", "held by", "kind", "paths", "capture", "recreatable", "in snapshots", "version pin"]
+    return _table(header, rows)
+
+
+def backup_summary(stack: Stack) -> str:
+    b = stack.backup
+    retention = ", ".join(f"{k.removeprefix('keep_')} {v}" for k, v in b.retention.items())
+    return (
+        f"restic, {'enabled' if b.enabled else 'disabled'}: a backup `{b.schedule}`, "
+        f"`restic check` `{b.check_schedule}`"
+        + (f" (reading {b.check_read_data_subset} of the data packs)" if b.check_read_data_subset else "")
+        + ", "
+        f"retention {retention}. The repository lies off the server and is set per site; its password comes "
+        f"from the operator (`{b.password_env}`). Each snapshot records the version pins; a restore onto older "
+        "pins is refused, one onto newer pins restores first and the deploy snapshots again before the new "
+        "version migrates the state."
+    )
+
+
 def _tree_entries(stack: Stack) -> dict[str, str]:
     """Every path the data names, each with a note (a symlink's target, a unit's role)."""
     entries = {d.path: "" for d in stack.directories}
@@ -193,6 +240,12 @@ def render(stack: Stack) -> str:
             "## One large model at a time (systemd relations)",
             "",
             conflicts_table(stack),
+            "",
+            "## State and backups",
+            "",
+            backup_summary(stack),
+            "",
+            state_table(stack),
             "",
             "## Directory layout",
             "",

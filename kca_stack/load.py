@@ -9,6 +9,7 @@ from typing import Any
 from .data import merge_layers
 from .model import (
     Artifact,
+    Backup,
     Directory,
     Gpu,
     LlamaCpp,
@@ -21,6 +22,7 @@ from .model import (
     Service,
     Stack,
     StackError,
+    StateItem,
     User,
     Venv,
 )
@@ -39,6 +41,20 @@ _SERVICE_KEYS = {
     "vram_gb",
     "models",
     "feature",
+    "state",
+}
+
+_STATE_KEYS = {
+    "kind",
+    "paths",
+    "capture",
+    "recreatable",
+    "backed_up",
+    "databases",
+    "only",
+    "exclude",
+    "pin",
+    "restore_to",
 }
 
 
@@ -116,6 +132,64 @@ def _service(r: _Reader, name: str, raw: Mapping) -> Service | None:
         models=tuple(models or ()),
         feature=r.get(raw, "feature", where, str, ""),
         settings={k: v for k, v in raw.items() if k not in _SERVICE_KEYS},
+    )
+
+
+def _state_item(r: _Reader, name: str, owner: str | None, raw: Any, where: str) -> StateItem | None:
+    if not isinstance(raw, Mapping):
+        r.problem(where, "must be a mapping", "describe the state as a dict with kind, paths and capture")
+        return None
+    recreatable = r.get(raw, "recreatable", where, bool)
+    return StateItem(
+        name=name,
+        owner=owner,
+        kind=r.get(raw, "kind", where, str),
+        paths=tuple(r.get(raw, "paths", where, list, [])),
+        capture=r.get(raw, "capture", where, str),
+        recreatable=bool(recreatable),
+        backed_up=r.get(raw, "backed_up", where, bool, not recreatable),
+        databases=tuple(r.get(raw, "databases", where, list, [])),
+        only=tuple(r.get(raw, "only", where, list, [])),
+        exclude=tuple(r.get(raw, "exclude", where, list, [])),
+        pin=r.get(raw, "pin", where, (str, type(None)), None),
+        restore_to=r.get(raw, "restore_to", where, (str, type(None)), None),
+        settings={k: v for k, v in raw.items() if k not in _STATE_KEYS},
+    )
+
+
+def _backup(r: _Reader, data: Mapping[str, Any]) -> Backup | None:
+    """The backup section, with the state of every service (services.*.state) and of the host
+    (backup.host_state): services first, in the data's order."""
+    raw = r.get(data, "backup", "data", Mapping, None)
+    if raw is None:
+        return None
+    state = []
+    for name, service in r.get(data, "services", "data", Mapping, {}).items():
+        if isinstance(service, Mapping) and "state" in service:
+            item = _state_item(r, name, name, service["state"], f"services.{name}.state")
+            if item is not None:
+                state.append(item)
+    for name, item_raw in r.get(raw, "host_state", "backup", Mapping, {}).items():
+        item = _state_item(r, name, None, item_raw, f"backup.host_state.{name}")
+        if item is not None:
+            state.append(item)
+    retention = r.get(raw, "retention", "backup", Mapping, {})
+    return Backup(
+        enabled=r.get(raw, "enabled", "backup", bool, False),
+        repository=r.get(raw, "repository", "backup", (str, type(None)), None),
+        password_env=r.get(raw, "password_env", "backup", str, "KCA_BACKUP_PASSWORD"),
+        credentials_env=tuple(r.get(raw, "credentials_env", "backup", list, [])),
+        config_dir=r.get(raw, "config_dir", "backup", str, "/etc/kca/backup"),
+        work_dir=r.get(raw, "work_dir", "backup", str, "/var/lib/kca-backup"),
+        schedule=r.get(raw, "schedule", "backup", str, "daily"),
+        check_schedule=r.get(raw, "check_schedule", "backup", str, "weekly"),
+        check_read_data_subset=r.get(raw, "check_read_data_subset", "backup", (str, type(None)), None),
+        retention=dict(retention),
+        max_age_hours=_number(r, raw, "max_age_hours", "backup", 36.0) or 36.0,
+        restore=r.get(raw, "restore", "backup", (str, type(None)), None),
+        state=tuple(state),
+        # Set by inventory.py for each host; absent when the data is read without an inventory.
+        password_given=data.get("backup_password_given"),
     )
 
 
@@ -231,6 +305,8 @@ def build_stack(data: Mapping[str, Any]) -> Stack:
 
     raw_vllm = r.get(data, "vllm", "data", Mapping, {})
 
+    backup = _backup(r, data)
+
     if r.problems:
         # Shape problems make the semantic checks meaningless: report them alone.
         raise StackError(r.problems)
@@ -261,6 +337,7 @@ def build_stack(data: Mapping[str, Any]) -> Stack:
         docker=dict(r.get(data, "docker", "data", Mapping, {})),
         openwebui=dict(r.get(data, "openwebui", "data", Mapping, {})),
         dify=dict(r.get(data, "dify", "data", Mapping, {})),
+        backup=backup,
     )
     problems = r.problems + validate(stack)
     if problems:

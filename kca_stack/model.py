@@ -15,6 +15,10 @@ KINDS = ("llama.cpp", "vllm", "fastapi", "docling-serve", "docker")
 SYSTEMD_KINDS = ("llama.cpp", "vllm", "fastapi", "docling-serve")
 EXPOSURES = ("external", "internal")
 GPU_CLASSES = ("large", "small", None)
+STATE_KINDS = ("sqlite", "postgresql", "files", "secrets")
+STATE_CAPTURES = ("sqlite-backup", "pg-dumpall", "stop-copy-start", "copy")
+# restic's repository syntax: a local path, or one of these back ends.
+REPOSITORY_SCHEMES = ("sftp", "rest", "s3")
 
 
 @dataclass(frozen=True)
@@ -185,6 +189,55 @@ class User:
 
 
 @dataclass(frozen=True)
+class StateItem:
+    """Something a rebuild cannot make again (or can, when recreatable): where it is, what it is, and
+    how a consistent copy is taken. `owner` is the service that holds it, or None for host state."""
+
+    name: str
+    owner: str | None
+    kind: str
+    paths: tuple[str, ...]
+    capture: str
+    recreatable: bool
+    # Whether snapshots hold it: by default, everything that cannot be recreated.
+    backed_up: bool
+    databases: tuple[str, ...] = ()
+    only: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    pin: str | None = None
+    restore_to: str | None = None
+    # Kind-specific settings (the PostgreSQL image, user and secret), kept as given.
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Backup:
+    enabled: bool
+    repository: str | None
+    password_env: str
+    credentials_env: tuple[str, ...]
+    config_dir: str
+    work_dir: str
+    schedule: str
+    check_schedule: str
+    check_read_data_subset: str | None
+    retention: Mapping[str, int]
+    max_age_hours: float
+    restore: str | None
+    state: tuple[StateItem, ...]
+    # Whether the inventory found the repository password: None when the data was read without an
+    # inventory (unit tests, docs), where it is not asked for.
+    password_given: bool | None = None
+
+    @property
+    def password_file(self) -> str:
+        return f"{self.config_dir}/restic-password"
+
+    def backed_up(self) -> list[StateItem]:
+        return [item for item in self.state if item.backed_up]
+
+
+@dataclass(frozen=True)
 class Stack:
     gpu: Gpu
     user: User
@@ -215,6 +268,7 @@ class Stack:
     docker: Mapping[str, Any] = field(default_factory=dict)
     openwebui: Mapping[str, Any] = field(default_factory=dict)
     dify: Mapping[str, Any] = field(default_factory=dict)
+    backup: Backup | None = None
 
     # --- derived views: computed, never stored twice -------------------------------------------------
 
@@ -298,6 +352,21 @@ class Stack:
     def llama_cmake_flags(self) -> list[str]:
         cuda = list(self.llama_cpp.cuda_cmake_flags) if self.gpu.present else ["-DGGML_CUDA=OFF"]
         return list(self.llama_cpp.cmake_flags) + cuda
+
+    def pin_value(self, pin: str) -> str | None:
+        """The value of a dotted pin such as `dify.tag` (a section of the stack, then a key)."""
+        section, _, key = pin.partition(".")
+        value = getattr(self, section, None)
+        if isinstance(value, Mapping):
+            found = value.get(key)
+        else:
+            found = getattr(value, key, None)
+        return None if found is None else str(found)
+
+    def pins(self) -> dict[str, str]:
+        """Every pin the state follows, with its value now: what each snapshot records."""
+        pins = sorted({item.pin for item in self.backup.state if item.pin}) if self.backup else []
+        return {pin: self.pin_value(pin) for pin in pins}
 
     def port_map(self) -> list[tuple[Port, Service]]:
         """Every host port with its service, sorted as the document's port map reads best."""

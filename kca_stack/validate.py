@@ -11,7 +11,16 @@ from collections import defaultdict
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING
 
-from .model import EXPOSURES, GPU_CLASSES, KINDS, SYSTEMD_KINDS, Problem
+from .model import (
+    EXPOSURES,
+    GPU_CLASSES,
+    KINDS,
+    REPOSITORY_SCHEMES,
+    STATE_CAPTURES,
+    STATE_KINDS,
+    SYSTEMD_KINDS,
+    Problem,
+)
 
 if TYPE_CHECKING:
     from .model import Stack
@@ -297,7 +306,179 @@ def check_docker(stack: Stack) -> list[Problem]:
     return problems
 
 
-CHECKS = (check_kinds, check_ports, check_binds, check_references, check_vram, check_paths, check_docker)
+# Which captures give a consistent copy of which kind of state.
+CAPTURES_OF_KIND = {
+    "sqlite": ("sqlite-backup",),
+    "postgresql": ("pg-dumpall",),
+    "files": ("copy", "stop-copy-start"),
+    "secrets": ("copy",),
+}
+RETENTION_KEYS = ("keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly")
+POSTGRESQL_KEYS = ("image", "user", "password_secret", "mount", "pgdata")
+
+
+def repository_problem(repository: str) -> str | None:
+    """Why `repository` is not in restic's syntax (a local path or scheme:...), or None."""
+    if repository.startswith("/"):
+        return None
+    scheme, colon, rest = repository.partition(":")
+    if colon and scheme in REPOSITORY_SCHEMES and rest:
+        return None
+    return f"{repository!r} is neither an absolute path nor {', '.join(s + ':...' for s in REPOSITORY_SCHEMES)}"
+
+
+def check_state(stack: Stack) -> list[Problem]:
+    """Each state entry: a known kind with a capture that is consistent for it, paths under the roots,
+    the settings its kind needs, and a pin that names a value of the data."""
+    backup = stack.backup
+    if backup is None:
+        return []
+    problems = []
+    roots = [PurePosixPath(p) for p in stack.paths.get("roots", [])]
+
+    def inside(path: str) -> bool:
+        p = PurePosixPath(path)
+        return p.is_absolute() and ".." not in p.parts and any(p == r or r in p.parents for r in roots)
+
+    seen: dict[str, str] = {}
+    for item in backup.state:
+        where = f"services.{item.owner}.state" if item.owner else f"backup.host_state.{item.name}"
+        if item.name in seen:
+            problems.append(
+                Problem(where, f"the state name {item.name!r} is also {seen[item.name]}", "rename the host state")
+            )
+        seen[item.name] = where
+        if item.kind not in STATE_KINDS:
+            problems.append(
+                Problem(f"{where}.kind", f"unknown kind {item.kind!r}", f"use one of {', '.join(STATE_KINDS)}")
+            )
+        elif item.capture not in CAPTURES_OF_KIND[item.kind]:
+            problems.append(
+                Problem(
+                    f"{where}.capture",
+                    f"{item.capture!r} does not give a consistent copy of {item.kind} state",
+                    f"use {' or '.join(CAPTURES_OF_KIND[item.kind])}",
+                )
+            )
+        if item.capture not in STATE_CAPTURES:
+            problems.append(
+                Problem(
+                    f"{where}.capture", f"unknown capture {item.capture!r}", f"use one of {', '.join(STATE_CAPTURES)}"
+                )
+            )
+        if not item.paths:
+            problems.append(Problem(f"{where}.paths", "is empty", "name where the state lives"))
+        for path in (*item.paths, *([item.restore_to] if item.restore_to else [])):
+            if not inside(path):
+                problems.append(
+                    Problem(f"{where}.paths", f"{path!r} lies outside the document's roots", "move it under a root")
+                )
+        if item.kind == "sqlite" and not item.databases:
+            problems.append(
+                Problem(f"{where}.databases", "sqlite state names no database", "list the database files, relative")
+            )
+        if item.capture == "stop-copy-start" and not item.owner:
+            problems.append(
+                Problem(f"{where}.capture", "only a service's container can be stopped", "use copy for host state")
+            )
+        if item.kind == "postgresql":
+            settings = item.settings.get("postgresql", {})
+            missing = [key for key in POSTGRESQL_KEYS if not settings.get(key)]
+            if missing:
+                problems.append(
+                    Problem(
+                        f"{where}.postgresql",
+                        f"is missing {', '.join(missing)}",
+                        "give the image, superuser, password secret, mount point and PGDATA of the database container",
+                    )
+                )
+            secret = settings.get("password_secret")
+            if secret and secret not in stack.secrets:
+                problems.append(
+                    Problem(
+                        f"{where}.postgresql.password_secret", f"{secret!r} is not declared", f"add secrets.{secret}"
+                    )
+                )
+        if item.pin is not None and stack.pin_value(item.pin) is None:
+            problems.append(
+                Problem(f"{where}.pin", f"{item.pin!r} names no value of the data", "use section.key, e.g. dify.tag")
+            )
+    if not any(item.kind == "secrets" and stack.paths.get("secrets") in item.paths for item in backup.state):
+        problems.append(
+            Problem(
+                "backup.host_state",
+                f"no secrets state holds {stack.paths.get('secrets')}",
+                "declare it: a rebuilt host with new secrets cannot read the old state",
+            )
+        )
+    return problems
+
+
+def check_backup(stack: Stack) -> list[Problem]:
+    """The repository, retention and restore request; the operator's settings (repository, password)
+    only where an inventory supplied them (a deploy), not where data is read alone (docs, unit tests)."""
+    backup = stack.backup
+    if backup is None:
+        return []
+    problems = []
+    if backup.repository and (why := repository_problem(backup.repository)):
+        problems.append(
+            Problem("backup.repository", why, "write e.g. /mnt/backup/kca, sftp:user@host:/srv/restic/kca or s3:...")
+        )
+    for key, value in backup.retention.items():
+        if key not in RETENTION_KEYS:
+            problems.append(
+                Problem(
+                    f"backup.retention.{key}", "is not a restic retention option", f"use {', '.join(RETENTION_KEYS)}"
+                )
+            )
+        elif not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            problems.append(Problem(f"backup.retention.{key}", f"must be a positive integer, got {value!r}", "fix it"))
+    if not backup.retention:
+        problems.append(Problem("backup.retention", "is empty: nothing would ever be forgotten", "e.g. keep_daily: 7"))
+    restore = backup.restore
+    if restore is not None and restore != "latest" and not all(c in "0123456789abcdef" for c in restore):
+        problems.append(
+            Problem("backup.restore", f"{restore!r} is not a snapshot ID", "use latest or an ID from restic snapshots")
+        )
+    for name in backup.credentials_env:
+        if not name.isidentifier() or name.upper() != name:
+            problems.append(
+                Problem("backup.credentials_env", f"{name!r} is not a variable name", "e.g. AWS_ACCESS_KEY_ID")
+            )
+    if backup.enabled and backup.password_given is not None:
+        if not backup.repository:
+            problems.append(
+                Problem(
+                    "backup.repository",
+                    "backups are enabled and no repository is set",
+                    "set KCA_BACKUP_REPOSITORY in production.env beside inventory.py (or export it), "
+                    "e.g. sftp:backup@nas:/srv/restic/kca; or set backup.enabled = False",
+                )
+            )
+        if not backup.password_given:
+            problems.append(
+                Problem(
+                    "backup.password",
+                    f"backups are enabled and no repository password was given ({backup.password_env} is unset)",
+                    f"put {backup.password_env}=<a long random password> in production.env beside inventory.py "
+                    "(or export it) and keep a copy off the server: without it no snapshot can be read",
+                )
+            )
+    return problems
+
+
+CHECKS = (
+    check_kinds,
+    check_ports,
+    check_binds,
+    check_references,
+    check_vram,
+    check_paths,
+    check_docker,
+    check_state,
+    check_backup,
+)
 
 
 def validate(stack: Stack) -> list[Problem]:

@@ -9,11 +9,15 @@ listens on its port), the answer time. Then one row per LLM back end of Open Web
 Open WebUI holds for it is accepted (a wrong key silently drops that back end's models from its list).
 Exit 1 when a service that should run does not answer, or Open WebUI's key for a running back end is
 rejected. Secrets are read on the host into memory and never printed.
+
+The last row is the backups': the age of the last snapshot, red (and exit 1) when the backup or the
+weekly check failed, or when the last snapshot is older than backup.max_age_hours.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import subprocess
@@ -52,6 +56,41 @@ def env_value(ssh_target: list[str], path: str, key: str) -> str:
     command = f"sed -n {shlex.quote('s/^' + key + '=//p')} {shlex.quote(path)}"
     done = subprocess.run(["ssh", *ssh_target, command], capture_output=True, text=True)
     return done.stdout.strip()
+
+
+def backup_row(ssh_target: list[str], stack) -> tuple[str, str, bool]:
+    """(state, health, problem) of the backups, from the host's own records: no repository access."""
+    b = stack.backup
+    script = (
+        f"/usr/local/sbin/kca-backup --config {b.config_dir}/config.json status; echo '@@'; "
+        "systemctl is-active kca-backup.service kca-backup-check.service; echo '@@'; "
+        "since=$(systemctl show -p ActiveEnterTimestamp --value kca-backup.timer); "
+        'echo $(( $(date +%s) - $(date -d "$since" +%s 2>/dev/null || date +%s) ))'
+    )
+    out = subprocess.run(["ssh", *ssh_target, script], capture_output=True, text=True).stdout
+    return backup_health(out, b.max_age_hours)
+
+
+def backup_health(out: str, max_age_hours: float) -> tuple[str, str, bool]:
+    """Read `kca-backup status`, the two units' states and the timer's age (seconds), split by '@@'."""
+    parts = out.split("@@")
+    if len(parts) != 3:
+        return "not installed", "-", True
+    try:
+        report = json.loads(parts[0])
+    except json.JSONDecodeError:
+        return "not installed", "-", True
+    failed = "failed" in parts[1].split()
+    timer_age_hours = int(parts[2].strip() or 0) / 3600
+    if report.get("last_check") and not report["last_check"].get("ok"):
+        return "check failed", report["last_check"].get("message", "")[:40], True
+    if failed:
+        return "failed", "see journalctl -u kca-backup", True
+    if report.get("age_hours") is None:
+        # A new host has no snapshot until the timer's first run.
+        return "active", "no snapshot yet", timer_age_hours > max_age_hours
+    age = report["age_hours"]
+    return "active", f"{age:.1f} h old", age > max_age_hours
 
 
 def probe_http(address: str, port: int, path: str = "/health", key: str | None = None) -> tuple[str, float]:
@@ -118,6 +157,14 @@ def main() -> int:
         problems += openwebui_keys(stack, target, states, reach)
     finally:
         tunnels.close()
+    if stack.backup is not None and stack.backup.enabled:
+        state, health, problem = backup_row(target, stack)
+        problems += problem
+        row = f"{'backup':20} {'kca-backup.timer':34} {'-':>5} {'-':9} {state:17} {health:12} {'':>6}"
+        # Red where a terminal shows it; FAILED in the text for logs.
+        if problem:
+            row = f"\033[31m{row} FAILED\033[0m" if sys.stdout.isatty() else f"{row} FAILED"
+        print(row)
     print(f"{problems} problem(s): see the rows above" if problems else "every service that should answer does")
     return 1 if problems else 0
 

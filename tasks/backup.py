@@ -1,0 +1,254 @@
+"""Backups and restore: restic (Debian's package), the repository password from the operator, the
+state declared in data rendered into kca-backup's configuration, a daily backup and a weekly check as
+systemd timers, and a restore when one is asked for (backup.restore, or KCA_RESTORE for one run).
+
+Two steps, because state comes back in two stages on a freshly built host:
+- `deploy_backup`, before the secret generator: restic, the password, kca-backup, the timers, and a
+  requested restore of every file (secrets, TLS, SQLite, uploads), so that no secret is generated anew;
+- `before_services_start`, after the Docker engine and before Open WebUI and Dify: a restored database
+  dump is loaded into its empty volume, and when a version pin changed (the Open WebUI tag, the Dify tag)
+  the state that follows it is snapshotted before the new version migrates it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+from io import BytesIO
+
+from pyinfra import host, logger
+from pyinfra.api import deploy
+from pyinfra.operations import apt, files, systemd
+
+from kca_stack import Stack
+from kca_stack.model import StateItem
+
+from .base import packages_missing
+from .util import remote_output, streamed_shell
+
+SOURCE = "tasks/backup.py"
+SCRIPT = "/usr/local/sbin/kca-backup"
+SCRIPT_SOURCE = "templates/usr/local/sbin/kca-backup"
+SERVICE_TEMPLATE = "templates/etc/systemd/system/kca-backup.service.j2"
+TIMER_TEMPLATE = "templates/etc/systemd/system/kca-backup.timer.j2"
+# The environment variables of a one-run restore (./kca restore sets them).
+RESTORE_ENV = "KCA_RESTORE"
+RESTORE_FORCE_ENV = "KCA_RESTORE_FORCE"
+
+
+def config_path(stack: Stack) -> str:
+    return f"{stack.backup.config_dir}/config.json"
+
+
+def environment_path(stack: Stack) -> str:
+    return f"{stack.backup.config_dir}/restic.env"
+
+
+def state_entry(stack: Stack, item: StateItem) -> dict:
+    """One state entry as kca-backup reads it: the data, plus where its container is for captures
+    that go through Docker."""
+    entry = {
+        "name": item.name,
+        "kind": item.kind,
+        "capture": item.capture,
+        "paths": list(item.paths),
+        "databases": list(item.databases),
+        "only": list(item.only),
+        "exclude": list(item.exclude),
+        "pin": item.pin,
+        "restore_to": item.restore_to,
+    }
+    if item.owner and stack.services[item.owner].kind == "docker":
+        service = stack.services[item.owner]
+        entry["compose_project"] = service.compose_project
+        entry["compose_service"] = service.settings["compose_service"]
+    if item.kind == "postgresql":
+        entry["postgresql"] = dict(item.settings["postgresql"])
+    return entry
+
+
+def backup_config(stack: Stack) -> dict:
+    """kca-backup's configuration: everything it needs, from the data (no secret in it)."""
+    b = stack.backup
+    return {
+        "repository": b.repository,
+        "password_file": b.password_file,
+        "environment_file": environment_path(stack),
+        "work_dir": b.work_dir,
+        "secrets_dir": stack.paths["secrets"],
+        "retention": dict(b.retention),
+        "check_read_data_subset": b.check_read_data_subset,
+        "pins": stack.pins(),
+        "state": [state_entry(stack, item) for item in b.backed_up()],
+    }
+
+
+def command(stack: Stack, *args: str) -> str:
+    """A kca-backup command line with this deploy's configuration."""
+    return " ".join(shlex.quote(a) for a in (SCRIPT, "--config", config_path(stack), *args))
+
+
+def restore_request(stack: Stack) -> tuple[str | None, bool]:
+    """(snapshot or 'latest', forced) when a restore is asked for, from the environment or the data."""
+    wanted = os.environ.get(RESTORE_ENV) or stack.backup.restore
+    return wanted, os.environ.get(RESTORE_FORCE_ENV, "") not in ("", "0")
+
+
+def units(stack: Stack) -> list[dict]:
+    """The backup and the check: a oneshot service and a timer each."""
+    b = stack.backup
+    return [
+        {
+            "name": "kca-backup",
+            "description": "kca backup of the server's state to the restic repository",
+            "exec_start": command(stack, "backup", "--reason", "scheduled"),
+            "schedule": b.schedule,
+            "timeout_start": "6h",
+            "randomized_delay": "30min",
+        },
+        {
+            "name": "kca-backup-check",
+            "description": "kca check of the restic repository",
+            "exec_start": command(stack, "check"),
+            "schedule": b.check_schedule,
+            "timeout_start": "12h",
+            "randomized_delay": "1h",
+        },
+    ]
+
+
+def operator_value(name: str, what: str) -> str:
+    value = os.environ.get(name)
+    if not value:
+        raise SystemExit(
+            f"{host.name}: {what} is not set. Fix: put {name}=... in production.env beside inventory.py "
+            "(or export it); nothing was changed by this step."
+        )
+    return value
+
+
+@deploy("Backups and restore (files)")
+def deploy_backup(stack: Stack) -> None:
+    b = stack.backup
+    if b is None or not b.enabled:
+        logger.info(f"{host.name}: backups are disabled (backup.enabled)")
+        return
+
+    apt.packages(
+        name="Install restic",
+        packages=["restic"],
+        update=bool(packages_missing(["restic"])),
+        no_recommends=True,
+    )
+    files.directory(name=f"Create {b.config_dir}", path=b.config_dir, user="root", group="root", mode="0700")
+    files.directory(name=f"Create {b.work_dir}", path=b.work_dir, user="root", group="root", mode="0700")
+    # From the operator, never generated here: a server that dies must not take the only copy along.
+    password = operator_value(b.password_env, "the backup repository password")
+    files.put(
+        name="Install the repository password (from the operator)",
+        src=BytesIO(password.encode() + b"\n"),
+        dest=b.password_file,
+        user="root",
+        group="root",
+        mode="0600",
+    )
+    credentials = "".join(f"{n}={operator_value(f'KCA_BACKUP_{n}', n)}\n" for n in b.credentials_env)
+    files.put(
+        name="Install the repository credentials (from the operator)",
+        src=BytesIO(credentials.encode()),
+        dest=environment_path(stack),
+        user="root",
+        group="root",
+        mode="0600",
+    )
+    files.put(
+        name="Install kca-backup's configuration (the state entries of the data)",
+        src=BytesIO((json.dumps(backup_config(stack), indent=2, sort_keys=True) + "\n").encode()),
+        dest=config_path(stack),
+        user="root",
+        group="root",
+        mode="0600",
+    )
+    files.put(name=f"Install {SCRIPT}", src=SCRIPT_SOURCE, dest=SCRIPT, mode="0755")
+
+    # The repository: created once. kca-backup refuses a wrong password rather than create a second one.
+    marker = f"{b.work_dir}/repository"
+    if remote_output(f"cat {marker} 2>/dev/null || true") != b.repository:
+        streamed_shell(
+            name="Open the backup repository (created when missing)",
+            commands=[command(stack, "init"), f"echo {shlex.quote(b.repository)} > {marker}"],
+        )
+
+    wanted, forced = restore_request(stack)
+    if wanted:
+        restore_files(stack, wanted, forced)
+
+    changed = []
+    for unit in units(stack):
+        # Not `name`: files.template takes that as the operation's name.
+        context = {"source": SOURCE, **{k: v for k, v in unit.items() if k != "name"}}
+        for suffix, template in ((".service", SERVICE_TEMPLATE), (".timer", TIMER_TEMPLATE)):
+            changed.append(
+                files.template(
+                    name=f"Install {unit['name']}{suffix}",
+                    src=template,
+                    dest=f"{stack.paths['units']}/{unit['name']}{suffix}",
+                    mode="0644",
+                    **context,
+                )
+            )
+    systemd.daemon_reload(
+        name="Reload systemd units (backup units changed)", _if=lambda: any(o.did_change() for o in changed)
+    )
+    for unit in units(stack):
+        systemd.service(
+            name=f"Enable and start {unit['name']}.timer",
+            service=f"{unit['name']}.timer",
+            enabled=True,
+            running=True,
+        )
+
+
+def restore_files(stack: Stack, wanted: str, forced: bool) -> None:
+    """Put back every file of the snapshot, before the secret generator and before any service starts.
+    A request already carried out (restored.json names its snapshot) is not carried out again."""
+    done = remote_output(f"cat {stack.backup.work_dir}/restored.json 2>/dev/null || true")
+    if done:
+        restored = json.loads(done)["snapshot"]
+        if wanted == "latest" or restored.startswith(wanted):
+            logger.info(
+                f"{host.name}: already restored from snapshot {restored[:8]}; remove backup.restore / {RESTORE_ENV} "
+                "to stop asking"
+            )
+            return
+    streamed_shell(
+        name=f"Restore the state of snapshot {wanted} (files; databases load once Docker runs)",
+        commands=[command(stack, "restore", wanted, "--phase", "files", *(["--force"] if forced else []))],
+    )
+
+
+@deploy("Backups and restore (before the applications start)")
+def before_services_start(stack: Stack) -> None:
+    b = stack.backup
+    if b is None or not b.enabled:
+        return
+    pending = remote_output(f"ls {b.work_dir}/pending 2>/dev/null || true")
+    restoring_now = restore_request(stack)[0] and not remote_output(
+        f"ls {b.work_dir}/restored.json 2>/dev/null || true"
+    )
+    if pending or restoring_now:
+        # Guarded on the host: a dump restored by this very run is not visible to the facts read before it.
+        streamed_shell(
+            name="Load restored database dumps into their empty volumes",
+            commands=[
+                f'if [ -n "$(ls {b.work_dir}/pending 2>/dev/null)" ]; then '
+                f"{command(stack, 'restore', '--phase', 'databases')}; fi"
+            ],
+        )
+    recorded = remote_output(f"cat {b.work_dir}/pins.json 2>/dev/null || true")
+    if not recorded or json.loads(recorded) != stack.pins():
+        streamed_shell(
+            name="Snapshot the state whose version pin changed, before the new version starts",
+            commands=[command(stack, "before-start")],
+        )
