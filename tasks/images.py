@@ -54,10 +54,11 @@ def render_dockerfile(context: dict) -> str:
 
 
 @deploy("Local images")
-def build_local_image(stack: Stack, name: str, ref: str, title: str, build: dict, port: int):
-    """Make `ref` present on the host. Returns the operation whose change means a new image."""
+def build_local_image(stack: Stack, image: str, ref: str, title: str, build: dict, port: int):
+    """Make `ref` present on the host (`image`: its build folder and cache name). Returns the operation
+    whose change means a new image. (pyinfra's @deploy takes `name` for itself.)"""
     local = stack.docker["local_images"]
-    context_dir = f"{local['build_dir']}/{name}"
+    context_dir = f"{local['build_dir']}/{image}"
     venv = f"{context_dir}/venv"
     context = dockerfile_context(stack, title, build, venv, port)
     # What the image is made of: the Dockerfile names the base, the packages and the settings.
@@ -95,7 +96,7 @@ def build_local_image(stack: Stack, name: str, ref: str, title: str, build: dict
     if label == recipe:
         host.noop(f"{ref} is present (recipe {recipe})")
         return None
-    cache = f"{local['cache_dir']}/{name}-{recipe}.tar.zst" if local.get("cache_dir") else ""
+    cache = f"{local['cache_dir']}/{image}-{recipe}.tar.zst" if local.get("cache_dir") else ""
     argv = [BUILD_IMAGE, ref, recipe, context_dir, cache, *build["python_packages"]]
     return streamed_shell(
         name=f"Build or load {ref} (recipe {recipe})",

@@ -131,7 +131,7 @@ def deploy_openwebui(stack: Stack, docker_changes: list | None = None) -> None:
         changed.append(
             build_local_image(
                 stack=stack,
-                name=webui.name,
+                image=webui.name,
                 ref=image_ref(stack, stack.openwebui["image"], stack.openwebui["tag"]),
                 title=webui.title,
                 build=stack.openwebui["local_build"],
