@@ -180,8 +180,11 @@ def compose_up(label: str, project: str, folder: str, compose_args: list[str], c
     a file the project reads changed during this run. `checks` run first and stop it on failure.
     `wait` (seconds): wait until every service is running and healthy, so the deploy ends with the
     application answering (its first start migrates a database)."""
-    args = " ".join(shlex.quote(a) for a in ["-p", project, *compose_args])
-    state = remote_output(f"cd {shlex.quote(folder)} && {COMPOSE_STATE} {args} 2>/dev/null || echo pending")
+    files_args = " ".join(shlex.quote(a) for a in compose_args)
+    args = f"-p {shlex.quote(project)} {files_args}".strip()
+    state = remote_output(
+        f"cd {shlex.quote(folder)} && {COMPOSE_STATE} {shlex.quote(project)} {files_args} 2>/dev/null || echo pending"
+    )
     pending = state != "converged"
     up = f"{COMPOSE} {args} up -d --remove-orphans" + (f" --wait --wait-timeout {wait}" if wait else "")
     return server.shell(
