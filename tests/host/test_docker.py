@@ -89,7 +89,9 @@ def test_a_half_started_project_is_converged_by_the_next_deploy(host, stack):
         assert done.returncode == 0, done.stderr[-2000:]
         results = json.loads(done.stdout)["results"]
         changed = [op["name"] for op in results["operations"] if op["success"]]
-        assert [name for name in changed if "Open WebUI" in name] == ["Converge Open WebUI (docker compose up -d)"]
+        assert [name for name in changed if "Open WebUI" in name] == [
+            "Open WebUI | Converge Open WebUI (docker compose up -d)"
+        ]
         assert host.check_output(state) == "converged"
     finally:
         host.run(f"docker start {container} || true")

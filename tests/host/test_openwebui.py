@@ -9,7 +9,10 @@ image can be pulled, from the image built on the host from its registry package 
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -23,6 +26,9 @@ READY_TIMEOUT_S = 300
 JOURNEYS: list[tuple[str, str, float]] = []
 # The button that closes the release notes shown to a new account.
 OKAY = "Okay, Let's Go!"
+ROOT = Path(__file__).resolve().parents[2]
+# The test admin's account on the test host (a throwaway password), for re-runs against a kept host.
+ADMIN_ACCOUNT = Path(os.environ.get("KCA_STATE_DIR", "/var/lib/kca-testhost")) / "openwebui-test-admin.json"
 SCREENSHOT = Path(os.environ.get("KCA_CACHE_DIR", "/var/cache/kca-ai-infra")) / "logs" / "openwebui-chat.png"
 
 # A text whose passages are far apart in meaning, each longer than half of Open WebUI's default chunk
@@ -101,15 +107,23 @@ def webui(stack, service_url):
 
 @pytest.fixture(scope="module")
 def admin(webui) -> dict:
-    """The first user to sign up becomes the admin (as on a new server); signs in on a kept host."""
+    """The first user to sign up becomes the admin (as on a new server). Against a kept host, where
+    that happened on an earlier run, the account saved then signs in."""
     with Journey("sign up the first user (admin)") as journey:
         account = {"name": "KCA Admin", "email": "admin@kca.test", "password": "kca-" + uuid.uuid4().hex[:16]}
         answer = requests.post(f"{webui}/api/v1/auths/signup", json=account, timeout=60)
-        if answer.status_code != 200:
-            pytest.skip(f"sign-up closed (a user exists already): {answer.status_code}")
+        if answer.status_code == 200:
+            ADMIN_ACCOUNT.parent.mkdir(parents=True, exist_ok=True)
+            ADMIN_ACCOUNT.write_text(json.dumps(account))
+            ADMIN_ACCOUNT.chmod(0o600)
+            journey.result = f"admin {answer.json()['email']}"
+        elif ADMIN_ACCOUNT.exists():
+            account = json.loads(ADMIN_ACCOUNT.read_text())
+            answer = requests.post(f"{webui}/api/v1/auths/signin", json=account, timeout=60)
+            journey.result = "signed in (the admin exists from an earlier run)"
+        assert answer.status_code == 200, f"neither sign-up nor the saved admin works: {answer.text[:200]}"
         body = answer.json()
         assert body["role"] == "admin", body
-        journey.result = f"admin {body['email']}"
     return {**account, "token": body["token"], "headers": {"Authorization": f"Bearer {body['token']}"}}
 
 
@@ -267,17 +281,52 @@ def test_knowledge_base_retrieval_uses_embeddings_and_reranker(host, stack, webu
         journey.result = f"passage found; embeddings {embedded}, rerank {reranked}"
 
 
-def test_retrieval_still_answers_with_the_reranker_stopped(host, stack, webui, admin, knowledge_base):
+@pytest.fixture
+def reranker_stopped(host, stack):
+    """The reranker stopped for the length of a test, then started and answering again."""
+    reranker = stack.services[stack.openwebui["reranker_service"]]
+    host.run(f"systemctl stop {reranker.unit}")
+    try:
+        yield reranker
+    finally:
+        host.run(f"systemctl start {reranker.unit}")
+        deadline = time.monotonic() + 120
+        while host.run(f"curl -fsS -o /dev/null http://127.0.0.1:{reranker.port}/health").rc != 0:
+            assert time.monotonic() < deadline, f"{reranker.unit} did not answer again"
+            time.sleep(2)
+
+
+def test_reranker_stopped_shows_in_the_health_table(stack, reranker_stopped):
+    with Journey("reranker stopped: the health table says so") as journey:
+        table = subprocess.run(
+            [sys.executable, str(ROOT / "tools/health_check.py")], capture_output=True, text=True, timeout=120
+        )
+        row = next(line for line in table.stdout.splitlines() if line.startswith(reranker_stopped.name + " "))
+        assert table.returncode == 1, table.stdout
+        assert " inactive " in row and "HTTP 200" not in row, row
+        journey.result = "red row, exit 1"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Open WebUI 0.12.4 answers 400 when its external reranker is unreachable: the reranker's "
+    "predict() returns None and query_doc_with_hybrid_search then sorts None scores (TypeError)",
+)
+def test_retrieval_still_answers_with_the_reranker_stopped(stack, webui, admin, knowledge_base, reranker_stopped):
     with Journey("reranker stopped: retrieval still answers") as journey:
-        reranker = stack.services[stack.openwebui["reranker_service"]]
+        journey.result = "HTTP 400 (Open WebUI 0.12.4 defect)"
         knowledge_id, _ = knowledge_base
-        host.run(f"systemctl stop {reranker.unit}")
-        try:
-            documents = retrieve(webui, admin, knowledge_id, "How much VRAM does the GPU have?")
-            assert documents and "32 GB" in documents[0], documents
-        finally:
-            host.run(f"systemctl start {reranker.unit}")
+        documents = retrieve(webui, admin, knowledge_id, "How much VRAM does the GPU have?")
+        assert documents and "32 GB" in documents[0], documents
         journey.result = "answered without reranking"
+
+
+def test_retrieval_answers_again_once_the_reranker_is_back(webui, admin, knowledge_base):
+    with Journey("reranker back: retrieval answers") as journey:
+        knowledge_id, _ = knowledge_base
+        documents = retrieve(webui, admin, knowledge_id, "How much VRAM does the GPU have?")
+        assert documents and "32 GB" in documents[0], documents
+        journey.result = "right passage first"
 
 
 def test_a_backend_with_a_wrong_key_drops_out_of_the_list(host, stack, webui, admin):
