@@ -66,11 +66,12 @@ class Testhost:
         if hasattr(backend, "build_image"):
             backend.build_image(tarball, force)
 
-    def up(self, check_net: bool, models_disk: str | None) -> None:
+    def up(self, check_net: bool, models_disk: str | None, extra_disks: dict[str, str]) -> None:
         started = time.monotonic()
         running = self.backend()
         if running.running():
-            if running.name == self.requested and guest.answers(self.instance) and models_disk is None:
+            asked_disks = models_disk is not None or extra_disks
+            if running.name == self.requested and guest.answers(self.instance) and not asked_disks:
                 print(f"reused ({running.describe()}, {self.instance.guest_address}) in {_since(started)} s")
                 if check_net:
                     guest.selftest(self.instance)
@@ -89,9 +90,9 @@ class Testhost:
         self.backend_file.write_text(f"{backend.name}\n")
         try:
             if backend.name == "vm":
-                backend.prepare(tarball, models_disk or "empty")
+                backend.prepare(tarball, models_disk or "empty", extra_disks)
             else:
-                if models_disk is not None:
+                if models_disk is not None or extra_disks:
                     raise TesthostError("--models-disk needs the vm backend: a container has no block devices")
                 backend.prepare(tarball)
             log(f"guest ready to boot after {_since(started)} s; booting")
@@ -193,6 +194,19 @@ def take_lock(state_dir: Path):
             time.sleep(0.5)
 
 
+def parse_disks(specs: list[str]) -> dict[str, str]:
+    """["SERIAL=PATH", ...] -> {serial: path}; a virtio serial is at most 20 characters."""
+    disks = {}
+    for spec in specs:
+        serial, sep, path = spec.partition("=")
+        if not sep or not serial or not path or len(serial) > 20:
+            raise TesthostError(f"--disk {spec}: expected SERIAL=PATH with a serial of 1-20 characters")
+        if not Path(path).is_file():
+            raise TesthostError(f"--disk {spec}: no such image file")
+        disks[serial] = path
+    return disks
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="testhost", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -203,6 +217,10 @@ def parser() -> argparse.ArgumentParser:
     build.add_argument("--force", action="store_true", help="build even when a tarball for this recipe exists")
     up = sub.add_parser("up", help="start the guest (or reuse a running one)")
     up.add_argument("--check-net", action="store_true", help="run the selftest once the guest is up")
+    up.add_argument(
+        "--disk", action="append", default=[], metavar="SERIAL=PATH",
+        help="vm only: attach a raw image as /dev/disk/by-id/virtio-SERIAL (repeatable)",
+    )  # fmt: skip
     up.add_argument(
         "--models-disk", metavar="empty|none|PATH",
         help="vm only: the /models disk: a new empty one (default), none, or a raw image file (used in place)",
@@ -236,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "build":
             host.build(args.force)
         elif args.command == "up":
-            host.up(args.check_net, args.models_disk)
+            host.up(args.check_net, args.models_disk, parse_disks(args.disk))
         elif args.command == "reboot":
             host.reboot(args.models_disk)
         elif args.command == "down":

@@ -23,8 +23,9 @@ from . import guest, image
 from .contract import Instance
 from .util import TesthostError, log, pid_alive, read_pid, run, wait_until
 
+# fdisk: sfdisk makes the partitioned disk image of the /models tests.
 HOST_PACKAGES = ("debootstrap", "nftables", "iptables", "zstd", "openssh-client", "systemd-container",
-                 "qemu-system-x86", "e2fsprogs")  # fmt: skip
+                 "qemu-system-x86", "e2fsprogs", "fdisk")  # fmt: skip
 KERNEL_PACKAGES = ("linux-image-amd64", "initramfs-tools")
 ROOT_DISK_SIZE = "8G"  # sparse: only what the guest writes takes room
 MODELS_DISK_SIZE = "4G"
@@ -60,6 +61,28 @@ def vm_key() -> str:
     return image.cache_key(image.rootfs_key(), inspect.getsource(build_vm_rootfs), *KERNEL_PACKAGES)
 
 
+def kvm_verdict_file(image_dir: Path) -> Path:
+    """Where the KVM probe's verdict is kept: per QEMU version and host kernel."""
+    qemu = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True, text=True).stdout.split("\n")[0]
+    return image_dir / f"kvm-probe-{image.cache_key(qemu, os.uname().release)}"
+
+
+def expected_accel(cache_dir: Path) -> tuple[str, str]:
+    """The acceleration the next boot will use, without booting: ("kvm" | "tcg" | "unknown", why)."""
+    forced = os.environ.get("KCA_TESTHOST_ACCEL")
+    if forced in ("kvm", "tcg"):
+        return forced, "KCA_TESTHOST_ACCEL"
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return "tcg", "no usable /dev/kvm"
+    verdict = kvm_verdict_file(cache_dir / "vm")
+    if not verdict.exists():
+        return "unknown", "/dev/kvm not probed yet (the first VM boot probes it)"
+    text = verdict.read_text().strip()
+    if text == "kvm":
+        return "kvm", "/dev/kvm boots the kernel"
+    return "tcg", f"/dev/kvm does not boot a Linux guest ({text})"
+
+
 def mac_address(instance: Instance) -> str:
     return f"52:54:00:6b:ca:{instance.number:02x}"
 
@@ -71,8 +94,10 @@ def qemu_args(
     link: str,
     models_disk: Path | None,
     shares: dict[str, tuple[str, bool]],
+    extra_disks: dict[str, str] | None = None,
 ) -> list[str]:
-    """The QEMU command line. `shares`: 9p tag -> (host folder, read-only)."""
+    """The QEMU command line. `shares`: 9p tag -> (host folder, read-only); `extra_disks`: serial -> raw
+    image, each seen in the guest as /dev/disk/by-id/virtio-<serial>."""
     args = [
         "qemu-system-x86_64",
         "-name", instance.machine,
@@ -94,6 +119,11 @@ def qemu_args(
         args += [
             "-drive", f"file={models_disk},if=none,id=models,format=raw",
             "-device", f"virtio-blk-pci,drive=models,serial={MODELS_DISK_SERIAL}",
+        ]  # fmt: skip
+    for number, (serial, path) in enumerate((extra_disks or {}).items()):
+        args += [
+            "-drive", f"file={path},if=none,id=disk{number},format=raw",
+            "-device", f"virtio-blk-pci,drive=disk{number},serial={serial}",
         ]  # fmt: skip
     for tag, (folder, read_only) in shares.items():
         args += [
@@ -163,22 +193,12 @@ class VirtualMachine:
     def accel(self) -> tuple[str, str]:
         """("kvm" | "tcg", why). KCA_TESTHOST_ACCEL forces one. A /dev/kvm that opens is not enough (a
         paravirtual one may not run a Linux guest): the kernel is booted once under KVM to see that it
-        starts, and the verdict is cached per kernel, QEMU and host kernel."""
-        forced = os.environ.get("KCA_TESTHOST_ACCEL")
-        if forced in ("kvm", "tcg"):
-            return forced, "KCA_TESTHOST_ACCEL"
-        if not os.access("/dev/kvm", os.R_OK | os.W_OK):
-            return "tcg", "no usable /dev/kvm"
-        qemu = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True, text=True).stdout.split("\n")[0]
-        kernel = self.state / "vmlinuz"
-        probe_key = image.cache_key(qemu, os.uname().release, str(kernel.stat().st_size))
-        verdict_file = self.image_dir / f"kvm-probe-{probe_key}"
-        if not verdict_file.exists():
-            verdict_file.write_text(self.probe_kvm())
-        verdict = verdict_file.read_text().strip()
-        if verdict == "kvm":
-            return "kvm", "/dev/kvm boots the kernel"
-        return "tcg", f"/dev/kvm does not boot a Linux guest ({verdict})"
+        starts, and the verdict is kept per QEMU version and host kernel."""
+        accel, why = expected_accel(self.cache_dir)
+        if accel == "unknown":
+            kvm_verdict_file(self.image_dir).write_text(self.probe_kvm())
+            accel, why = expected_accel(self.cache_dir)
+        return accel, why
 
     def probe_kvm(self) -> str:
         log(f"probing KVM: booting the guest kernel under it for up to {KVM_PROBE_S} s")
@@ -233,7 +253,7 @@ class VirtualMachine:
 
     # ---- up ----------------------------------------------------------------------------------------
 
-    def prepare(self, rootfs_tarball: Path, models_disk: str) -> None:
+    def prepare(self, rootfs_tarball: Path, models_disk: str, extra_disks: dict[str, str] | None = None) -> None:
         """The root disk (the VM image made this instance's machine), the kernel, and the /models disk."""
         tarball = self.build_image(rootfs_tarball)
         root = self.state / "rootfs-vm"
@@ -261,7 +281,10 @@ class VirtualMachine:
         disk = self.state / "root.img"
         disk.unlink(missing_ok=True)
         started = time.monotonic()
-        run(["mke2fs", "-q", "-t", "ext4", "-L", "kca-root", "-d", root, disk, ROOT_DISK_SIZE])
+        run(
+            ["mke2fs", "-q", "-t", "ext4", "-L", "kca-root", "-d", root, disk, ROOT_DISK_SIZE],
+            stdout=subprocess.DEVNULL,
+        )
         log(f"root disk written in {time.monotonic() - started:.1f} s ({disk}, {ROOT_DISK_SIZE} sparse)")
         image.remove_tree(root)
 
@@ -273,6 +296,7 @@ class VirtualMachine:
                     "accel": self._accel,
                     "accel_why": self._accel_why,
                     "models_disk": str(models) if models else None,
+                    "extra_disks": {serial: str(Path(path).resolve()) for serial, path in (extra_disks or {}).items()},
                     "shares": {tag: (host, ro) for tag, (host, _, ro) in shares.items()},
                 }
             )  # fmt: skip
@@ -305,7 +329,7 @@ class VirtualMachine:
         guest.configure_host_link(self.instance, self.link)
         (self.state / "qmp.sock").unlink(missing_ok=True)
         self.console_log.write_text("")
-        args = qemu_args(self.instance, self._accel, self.state, self.link, models, shares)
+        args = qemu_args(self.instance, self._accel, self.state, self.link, models, shares, saved["extra_disks"])
         with open(os.devnull) as stdin, (self.state / "qemu.log").open("ab") as out:
             # A new session: the VM outlives this command and its terminal.
             process = subprocess.Popen(args, stdin=stdin, stdout=out, stderr=out, start_new_session=True)
