@@ -3,7 +3,6 @@ link (address, forwarding, masquerade), waiting until the guest is ready, and th
 
 from __future__ import annotations
 
-import contextlib
 import socket
 import subprocess
 import sys
@@ -67,10 +66,18 @@ def ssh_output(instance: Instance, command: str, timeout: float = 60) -> subproc
     return subprocess.run(ssh_command(instance, command), capture_output=True, text=True, timeout=timeout)
 
 
-def ask(instance: Instance, command: str) -> None:
-    """Run a command that ends the guest's SSH session (reboot, poweroff): its exit status says nothing."""
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        subprocess.run(ssh_command(instance, command), capture_output=True, timeout=30)
+def ask(instance: Instance, command: str, tries: int = 5) -> None:
+    """Run a command that ends the guest's SSH session (reboot, poweroff): its exit status says nothing,
+    but a connection that never opened (ssh's 255 before the command ran) is tried again."""
+    for _ in range(tries):
+        try:
+            done = subprocess.run(ssh_command(instance, command, connect_timeout=10), capture_output=True, timeout=60)
+        except subprocess.TimeoutExpired:
+            return
+        if done.returncode != 255 or b"closed by remote host" in done.stderr:
+            return
+        time.sleep(2)
+    raise TesthostError(f"could not ask the guest to run {command!r}: {done.stderr.decode(errors='replace')[-300:]}")
 
 
 def answers(instance: Instance) -> bool:

@@ -9,7 +9,9 @@ they are skipped with one line that says why. The VM is this run's own test host
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import random
 import runpy
 import shutil
 import subprocess
@@ -58,9 +60,9 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-# The files the "files" disk holds before the deploy sees it: path -> content.
+# The files the "files" disk holds before the deploy sees it: path -> content (the same at every run).
 DISK_FILES = {
-    "huggingface/existing-model/weights.bin": os.urandom(3 << 20),
+    "huggingface/existing-model/weights.bin": random.Random(12).randbytes(3 << 20),
     "huggingface/existing-model/config.json": b'{"kept": true}\n',
 }
 
@@ -147,16 +149,31 @@ class VM:
         return Deploy(done.returncode, done.stdout + done.stderr, done.stdout, time.monotonic() - started)
 
 
+def running_with(instance: contract.Instance, disks: dict[str, Path]) -> bool:
+    """A VM of this instance already runs with exactly these case disks (KCA_KEEP_TESTHOST=1 left it)."""
+    recorded = instance.state_dir / "qemu.json"
+    if subprocess.run([*TESTHOST, "status"], capture_output=True).returncode != 0 or not recorded.exists():
+        return False
+    wanted = {VM_DATA["models_disk_serials"][case]: str(path.resolve()) for case, path in disks.items()}
+    return json.loads(recorded.read_text()).get("extra_disks") == wanted
+
+
 @pytest.fixture(scope="session")
 def vm(tmp_path_factory):
     instance = contract.instance()
-    subprocess.run([*TESTHOST, "build"], check=True)  # also installs the host tools make_disks uses
-    disks = make_disks(tmp_path_factory.mktemp("disks"))
-    up = [*TESTHOST, "up", "--models-disk", "none"]
-    for case, path in disks.items():
-        up += ["--disk", f"{VM_DATA['models_disk_serials'][case]}={path}"]
+    folder = instance.state_dir / "disk-cases"
+    disks = {case: folder / f"{case}.img" for case in VM_DATA["models_disk_serials"]}
     started = time.monotonic()
-    subprocess.run(up, check=True)
+    if os.environ.get("KCA_KEEP_TESTHOST") and running_with(instance, disks):
+        print("\nreusing the running VM and its case disks (KCA_KEEP_TESTHOST=1)")
+    else:
+        subprocess.run([*TESTHOST, "build"], check=True)  # also installs the host tools make_disks uses
+        folder.mkdir(parents=True, exist_ok=True)
+        disks = make_disks(folder)
+        up = [*TESTHOST, "up", "--models-disk", "none"]
+        for case, path in disks.items():
+            up += ["--disk", f"{VM_DATA['models_disk_serials'][case]}={path}"]
+        subprocess.run(up, check=True)
     accel = subprocess.run([*TESTHOST, "status"], capture_output=True, text=True).stdout
     machine = VM(instance, disks, "kvm" if ", kvm," in accel else "tcg", tmp_path_factory.mktemp("group_data"))
     machine.timings["boot (testhost up)"] = time.monotonic() - started
