@@ -32,6 +32,16 @@ except StackError as error:
     sys.stderr.write(f"\n{host.name}: refusing to deploy, {error}\n\nNothing on the host was changed.\n")
     sys.exit(2)
 
+# The layers, in order. The data may name the first few (`deploy_layers`): a test host under emulation
+# runs only the base layer (with secrets and the firewall).
+LAYERS = ("base", "llm", "support", "apps")
+layers = tuple(host.data.get("deploy_layers") or LAYERS)
+if layers != LAYERS[: len(layers)]:
+    sys.stderr.write(
+        f"\n{host.name}: refusing to deploy, deploy_layers {list(layers)} is not a prefix of {list(LAYERS)}\n"
+    )
+    sys.exit(2)
+
 # 1. The base layer: user, /models, directory tree, packages, Python environment.
 base.deploy_base(stack=stack)
 # Before the secret generator: a requested restore brings the secrets (and all state files) back first.
@@ -40,40 +50,45 @@ secrets.deploy_secrets(stack=stack)
 # Early: internal services listen on all addresses, so the firewall is in place before any starts.
 firewall.deploy_firewall(stack=stack)
 
-# 2. The GPU layer, then the LLM services: llama.cpp built from the pinned source, models, vLLM,
-#    units, the GPU switch.
-nvidia.deploy_nvidia(stack=stack)
-llama_build = llama_cpp.deploy_llama_cpp(stack=stack)
-llm_models = models.deploy_models(stack=stack, kinds=("llama.cpp", "vllm"))
-vllm_changes = llm.deploy_vllm(stack=stack)
-llm_units = llm.deploy_llm_units(stack=stack)
-llm.install_switch(stack=stack)
+if "llm" in layers:
+    # 2. The GPU layer, then the LLM services: llama.cpp built from the pinned source, models, vLLM,
+    #    units, the GPU switch.
+    nvidia.deploy_nvidia(stack=stack)
+    llama_build = llama_cpp.deploy_llama_cpp(stack=stack)
+    llm_models = models.deploy_models(stack=stack, kinds=("llama.cpp", "vllm"))
+    vllm_changes = llm.deploy_vllm(stack=stack)
+    llm_units = llm.deploy_llm_units(stack=stack)
+    llm.install_switch(stack=stack)
 
+    llm_changes = {
+        name: units.restart_triggers(
+            stack.services[name],
+            [*unit_ops, *(vllm_changes if stack.services[name].kind == "vllm" else [llama_build])],
+            llm_models,
+        )
+        for name, unit_ops in llm_units.items()
+    }
+    units.activate(stack, [stack.services[name] for name in llm_units], llm_changes)
 
-llm_changes = {
-    name: units.restart_triggers(
-        stack.services[name],
-        [*unit_ops, *(vllm_changes if stack.services[name].kind == "vllm" else [llama_build])],
-        llm_models,
+if "support" in layers:
+    # 3. Support services: embeddings, reranker, Docling (their venvs first: a stand-in model may be
+    #    built with them).
+    support_changes = support.deploy_support(stack=stack)
+    support_models = models.deploy_models(stack=stack, kinds=("fastapi", "docling-serve"))
+    units.activate(
+        stack,
+        [stack.services[name] for name in support_changes],
+        {
+            name: units.restart_triggers(stack.services[name], ops, support_models)
+            for name, ops in support_changes.items()
+        },
     )
-    for name, unit_ops in llm_units.items()
-}
-units.activate(stack, [stack.services[name] for name in llm_units], llm_changes)
 
-# 3. Support services: embeddings, reranker, Docling (their venvs first: a stand-in model may be
-#    built with them).
-support_changes = support.deploy_support(stack=stack)
-support_models = models.deploy_models(stack=stack, kinds=("fastapi", "docling-serve"))
-units.activate(
-    stack,
-    [stack.services[name] for name in support_changes],
-    {name: units.restart_triggers(stack.services[name], ops, support_models) for name, ops in support_changes.items()},
-)
-
-# 4. Docker, Open WebUI and Dify (the compose projects: pulled images, or images built on the host where
-#    none can be pulled; Dify only where its images can be pulled).
-docker_changes = docker.deploy_docker(stack=stack)
-# Before the applications start: restored databases are loaded, a changed version pin is snapshotted first.
-backup.before_services_start(stack=stack)
-openwebui.deploy_openwebui(stack=stack, docker_changes=docker_changes)
-dify.deploy_dify(stack=stack)
+if "apps" in layers:
+    # 4. Docker, Open WebUI and Dify (the compose projects: pulled images, or images built on the host
+    #    where none can be pulled; Dify only where its images can be pulled).
+    docker_changes = docker.deploy_docker(stack=stack)
+    # Before the applications start: restored databases are loaded, a changed version pin is snapshotted.
+    backup.before_services_start(stack=stack)
+    openwebui.deploy_openwebui(stack=stack, docker_changes=docker_changes)
+    dify.deploy_dify(stack=stack)

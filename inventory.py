@@ -4,7 +4,9 @@
   untracked `production.env` beside this file (KEY=VALUE lines) or from the environment:
   KCA_PRODUCTION_HOST (required), KCA_PRODUCTION_USER (default root), KCA_PRODUCTION_PORT (default 22),
   KCA_PRODUCTION_KEY (optional SSH key file).
-- `testhost`: the disposable Debian 12 host that `testhost/testhost up` boots under systemd-nspawn.
+- `testhost`: the disposable Debian 12 host that `testhost/testhost up` boots (a systemd-nspawn
+  container, or a QEMU virtual machine with `--backend vm`); its address and key are the contract in
+  testhost/contract.py (KCA_TESTHOST_INSTANCE selects one of several side by side).
 
 The backup repository's password comes from the operator, never from the server: KCA_BACKUP_PASSWORD in
 production.env or the environment (with KCA_BACKUP_REPOSITORY). For the test host the control machine
@@ -12,11 +14,14 @@ keeps one in the test host's state folder, generated once, so it outlives every 
 
 When no production host is configured, the inventory holds only the test host: that is the embedded
 default. KCA_TARGET=testhost forces the test host even when production is configured.
+`python inventory.py` prints the selected target's name.
 """
 
 import os
 import secrets
 from pathlib import Path
+
+from testhost import contract
 
 _HERE = Path(__file__).resolve().parent
 
@@ -40,10 +45,7 @@ _SETTINGS = _settings()
 for _key, _value in _SETTINGS.items():
     os.environ.setdefault(_key, _value)
 
-# The test host's fixed address and key: testhost/testhost writes them (same constants there).
-TESTHOST_ADDRESS = "10.213.7.2"
-_STATE_DIR = Path(_SETTINGS.get("KCA_STATE_DIR", "/var/lib/kca-testhost"))
-TESTHOST_KEY = str(_STATE_DIR / "ssh" / "id_ed25519")
+TESTHOST = contract.instance(_SETTINGS)
 
 _target = _SETTINGS.get("KCA_TARGET") or ("production" if _SETTINGS.get("KCA_PRODUCTION_HOST") else "testhost")
 
@@ -53,7 +55,7 @@ testhost = []
 
 def _testhost_backup_password() -> str:
     """The test host's repository password, kept on the control machine (generated once)."""
-    path = _STATE_DIR / "backup-password"
+    path = TESTHOST.state_dir / "backup-password"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.touch(mode=0o600)
@@ -81,15 +83,27 @@ if _target == "production":
 else:
     testhost.append(
         (
-            "kca-testhost",
+            contract.INVENTORY_NAME,
             {
                 "backup_password_given": _BACKUP_PASSWORD_GIVEN,
-                "ssh_hostname": TESTHOST_ADDRESS,
+                "ssh_hostname": TESTHOST.guest_address,
                 "ssh_user": "root",
-                "ssh_key": TESTHOST_KEY,
+                "ssh_key": str(TESTHOST.ssh_key),
                 # The test host is rebuilt on every boot: its host key is new each time.
                 "ssh_strict_host_key_checking": "no",
                 "ssh_known_hosts_file": "/dev/null",
             },
         )
     )
+
+
+def target() -> tuple[str, str, str]:
+    """(group, SSH user, address) of the selected target."""
+    if production:
+        address, data = production[0]
+        return "production", data["ssh_user"], address
+    return "testhost", "root", TESTHOST.guest_address
+
+
+if __name__ == "__main__":
+    print(target()[0])

@@ -7,7 +7,6 @@ then `production`; `--kca-group` overrides).
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -18,10 +17,10 @@ sys.path.insert(0, str(ROOT))
 
 from kca_stack import build_stack  # noqa: E402
 from kca_stack.data import group_data  # noqa: E402
-from kca_stack.reach import TESTHOST_ADDRESS, Tunnels, ssh_args  # noqa: E402
+from testhost import contract  # noqa: E402
+from tools.reach import Tunnels, ssh_args  # noqa: E402
 
-STATE_DIR = Path(os.environ.get("KCA_STATE_DIR", "/var/lib/kca-testhost"))
-TESTHOST_KEY = STATE_DIR / "ssh" / "id_ed25519"
+TESTHOST = contract.instance()
 
 
 def pytest_addoption(parser):
@@ -31,10 +30,10 @@ def pytest_addoption(parser):
 def pytest_configure(config):
     # Default target: the test host over paramiko with the key testhost/testhost generated.
     if getattr(config.option, "hosts", None) is None:
-        config.option.hosts = f"paramiko://root@{TESTHOST_ADDRESS}"
-        config.option.ssh_identity_file = str(TESTHOST_KEY)
+        config.option.hosts = f"paramiko://root@{TESTHOST.guest_address}"
+        config.option.ssh_identity_file = str(TESTHOST.ssh_key)
     if config.option.kca_group is None:
-        config.option.kca_group = "testhost" if TESTHOST_ADDRESS in config.option.hosts else "production"
+        config.option.kca_group = "testhost" if TESTHOST.guest_address in config.option.hosts else "production"
 
 
 @pytest.fixture(scope="session")
@@ -58,7 +57,7 @@ def target_address(pytestconfig) -> str:
 def ssh_target(pytestconfig) -> list[str]:
     """ssh arguments that reach the target as the tests do."""
     spec = pytestconfig.option.hosts.split(",")[0].split("://", 1)[-1].split("?")[0]
-    return ssh_args(spec, TESTHOST_KEY)
+    return ssh_args(spec, TESTHOST)
 
 
 @pytest.fixture(scope="session")

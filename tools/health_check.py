@@ -2,6 +2,8 @@
 
     python tools/health_check.py [--group testhost|production] [--target user@address]
 
+Without arguments it checks the target inventory.py selects (the test host unless production is set).
+
 External services are asked directly at the target's address, internal ones through an SSH tunnel to
 the host's loopback. Each row: the unit's state on the host (active, inactive, skipped: condition
 unmet) or the compose project, GET /health (a compose service without a health path: whether the host
@@ -18,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import subprocess
 import sys
@@ -32,9 +33,8 @@ sys.path.insert(0, str(ROOT))
 
 from kca_stack import build_stack  # noqa: E402
 from kca_stack.data import group_data  # noqa: E402
-from kca_stack.reach import TESTHOST_ADDRESS, Tunnels, ssh_args  # noqa: E402
-
-TESTHOST_KEY = Path(os.environ.get("KCA_STATE_DIR", "/var/lib/kca-testhost")) / "ssh" / "id_ed25519"
+from testhost import contract  # noqa: E402
+from tools.reach import Tunnels, ssh_args  # noqa: E402
 
 
 def host_state(ssh_target: list[str], units: list[str]) -> tuple[dict[str, str], set[int]]:
@@ -113,11 +113,17 @@ def compose_project_runs(stack, project: str) -> bool:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--group", default="testhost")
-    parser.add_argument("--target", default=f"root@{TESTHOST_ADDRESS}")
+    parser.add_argument("--group", help="whose data describes the target (default: the inventory's target)")
+    parser.add_argument("--target", help="user@address (default: the inventory's target)")
     args = parser.parse_args()
+    if args.group is None or args.target is None:
+        import inventory
+
+        group, user, address = inventory.target()
+        args.group = args.group or group
+        args.target = args.target or f"{user}@{address}"
     stack = build_stack(group_data(args.group))
-    target = ssh_args(args.target, TESTHOST_KEY)
+    target = ssh_args(args.target, contract.instance())
     address = args.target.split("@")[-1]
     services = [s for s in stack.services.values() if s.port]
     states, listening = host_state(target, [s.unit for s in services if s.unit])

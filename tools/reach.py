@@ -1,22 +1,22 @@
 """How this machine reaches the target's services: external ones directly, internal ones through an
 SSH tunnel to the host's loopback (the firewall drops them from outside, as it should). Used by the
-post-deploy health table and the host tests."""
+post-deploy health table and the host tests. (It runs ssh, so it lives here and not in the pure
+kca_stack package.)"""
 
 from __future__ import annotations
 
 import socket
 import subprocess
 import time
-from pathlib import Path
 
-TESTHOST_ADDRESS = "10.213.7.2"
+from testhost.contract import Instance
 
 
-def ssh_args(target: str, testhost_key: Path) -> list[str]:
+def ssh_args(target: str, testhost: Instance) -> list[str]:
     """ssh arguments for `target` (user@address): the test host's own key, or the user's ssh setup."""
     args = ["-o", "BatchMode=yes", "-o", "ExitOnForwardFailure=yes"]
-    if TESTHOST_ADDRESS in target:
-        args += ["-i", str(testhost_key), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]
+    if target.rsplit("@", 1)[-1] == testhost.guest_address:
+        args += ["-i", str(testhost.ssh_key), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]
     return [*args, target]
 
 
