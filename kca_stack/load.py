@@ -118,8 +118,9 @@ def _service(r: _Reader, name: str, raw: Mapping) -> Service | None:
     )
 
 
-def build_stack(data: Mapping[str, Any]) -> Stack:
-    """Parse and validate. Raises StackError naming every bad field; returns a Stack otherwise."""
+def build_stack(data: Mapping[str, Any], target: bool = False) -> Stack:
+    """Parse and validate. Raises StackError naming every bad field; returns a Stack otherwise.
+    `target`: also check what a deploy needs of its host (validate.TARGET_CHECKS)."""
     r = _Reader()
 
     raw_gpu = r.get(data, "gpu", "data", Mapping, {})
@@ -158,6 +159,10 @@ def build_stack(data: Mapping[str, Any]) -> Stack:
         fstype=r.get(raw_fs, "fstype", "models_filesystem", str, "ext4"),
         options=r.get(raw_fs, "options", "models_filesystem", str, "defaults"),
         format_empty=r.get(raw_fs, "format_empty", "models_filesystem", bool, False),
+        # A group may say it alone (the test host's /models is a directory on its root disk).
+        plain_directory=bool(
+            data.get("models_plain_directory", r.get(raw_fs, "plain_directory", "models_filesystem", bool, False))
+        ),
     )
 
     venvs = {
@@ -195,6 +200,7 @@ def build_stack(data: Mapping[str, Any]) -> Stack:
                     revision=r.get(f, "revision", at, str, "main"),
                     file=r.get(f, "file", at, (str, type(None)), None),
                     sha256=r.get(f, "sha256", at, (str, type(None)), None),
+                    size=r.get(f, "size", at, (int, type(None)), None),
                 )
             )
         models[name] = Model(
@@ -282,8 +288,10 @@ def build_stack(data: Mapping[str, Any]) -> Stack:
             **r.get(data, "dify", "data", Mapping, {}),
             **({"source": data["dify_source"]} if "dify_source" in data else {}),
         },
+        # The inventory's ssh_port reaches host.data; unset means pyinfra's default.
+        connection_port=int(data.get("ssh_port") or 22),
     )
-    problems = r.problems + validate(stack)
+    problems = r.problems + validate(stack, target=target)
     if problems:
         raise StackError(problems)
     return stack
@@ -292,5 +300,5 @@ def build_stack(data: Mapping[str, Any]) -> Stack:
 def load_stack(host_data: Any) -> Stack:
     """Build the Stack from pyinfra's `host.data` (or any mapping of the group_data keys)."""
     if isinstance(host_data, Mapping):
-        return build_stack(host_data)
-    return build_stack(host_data.dict())
+        return build_stack(host_data, target=True)
+    return build_stack(host_data.dict(), target=True)
