@@ -603,6 +603,18 @@ nvidia = {
     # The driver branch apt may install (an apt pin on NVIDIA's packages): a new branch is a decision,
     # not an upgrade. 580 is >= 570 (the RTX 5090's minimum) and covers CUDA 12.8.
     "driver_branch": "580",
+    # What the pin holds to that branch (apt globs; the toolkit's 1.x versions are untouched by it).
+    "driver_pin_packages": [
+        "nvidia-*",
+        "libnvidia-*",
+        "libcuda*",
+        "libnvcuvid*",
+        "libnvoptix*",
+        "libxnvctrl*",
+        "xserver-xorg-video-nvidia*",
+        "firmware-nvidia-*",
+        "cuda-drivers*",
+    ],
     # The open kernel modules (required by Blackwell), built by DKMS for each kernel.
     "driver_packages": ["nvidia-open"],
     "cuda_packages": ["cuda-toolkit-12-8"],

@@ -1,8 +1,8 @@
 """pip installs into the venvs under /models, done once: a stamp with the sha256 of what was asked
 decides, because `pip install` cannot tell pyinfra whether it changed anything.
 
-pip runs as root (its cache is root's, which the test host keeps across boots), then the venv is
-handed back to the kca user who owns /models.
+pip runs as root (its cache is root's, which the test host keeps across boots) in venvs that are root's
+too (tasks/base.py): root never runs code that another user could have written there.
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ def _install(stack: Stack, venv: str, pip_args: str, digest: str, stamp: str, la
         name=f"Install {label} into {venv} (pinned)",
         commands=[
             f"bash -o pipefail -c {shlex.quote(pip)}",
-            f"chown -R {stack.user.name}:{stack.user.name} {venv}",
             f"echo {digest} > {stamp}",
         ],
     )
@@ -55,8 +54,8 @@ def ensure_requirements(stack: Stack, venv_name: str, requirements: str, label: 
         name=f"Upload {local.name} to {venv}",
         src=str(local),
         dest=remote,
-        user=stack.user.name,
-        group=stack.user.name,
+        user="root",
+        group="root",
         mode="0644",
     )
     digest = hashlib.sha256(local.read_bytes()).hexdigest()
