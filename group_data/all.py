@@ -90,8 +90,15 @@ models_filesystem = {
 # deploy, so no other user may write there (the services only read and execute). One chown converges a
 # host whose venvs were kca's.
 venvs = {
-    # The document's "Python environment", with /home/kca/venv pointing at it.
-    "main": {"path": "/models/venv", "link": "/home/kca/venv"},
+    # The document's "Python environment", with /home/kca/venv pointing at it. Installed from a hashed
+    # lock (pip --require-hashes) compiled from apps/requirements-support.txt, one per accelerator:
+    # torch's CUDA build with its CUDA 13 runtime wheels (which need driver >= 580), or its CPU build.
+    # The command that compiles each is at its top.
+    "main": {
+        "path": "/models/venv",
+        "link": "/home/kca/venv",
+        "locks": {"cuda": "requirements/main-cuda.lock", "cpu": "requirements/main-cpu.lock"},
+    },
     # vLLM 0.10.2 pins torch 2.8.0: it gets a venv of its own so it cannot break the others.
     "vllm": {"path": "/models/vllm-venv"},
     # docling-serve pins its own world (ray, kubernetes clients, torchvision): kept apart too.

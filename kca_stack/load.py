@@ -159,10 +159,7 @@ def build_stack(data: Mapping[str, Any], target: bool = False) -> Stack:
         fstype=r.get(raw_fs, "fstype", "models_filesystem", str, "ext4"),
         options=r.get(raw_fs, "options", "models_filesystem", str, "defaults"),
         format_empty=r.get(raw_fs, "format_empty", "models_filesystem", bool, False),
-        # A group may say it alone (the test host's /models is a directory on its root disk).
-        plain_directory=bool(
-            data.get("models_plain_directory", r.get(raw_fs, "plain_directory", "models_filesystem", bool, False))
-        ),
+        plain_directory=r.get(raw_fs, "plain_directory", "models_filesystem", bool, False),
     )
 
     venvs = {
@@ -170,6 +167,8 @@ def build_stack(data: Mapping[str, Any], target: bool = False) -> Stack:
             name=name,
             path=r.get(v, "path", f"venvs.{name}", str, ""),
             link=r.get(v, "link", f"venvs.{name}", (str, type(None)), None),
+            # One lock per accelerator: torch's CUDA build and its runtime wheels, or its CPU build.
+            lock=r.get(v, "locks", f"venvs.{name}", Mapping, {}).get("cuda" if gpu.present else "cpu"),
         )
         for name, v in r.get(data, "venvs", "data", Mapping, {}).items()
     }

@@ -181,6 +181,9 @@ class Venv:
     name: str
     path: str
     link: str | None = None
+    # The hashed lock file of this repository for this host's accelerator (venvs.NAME.locks), installed
+    # with --require-hashes in place of the requirements it was compiled from.
+    lock: str | None = None
 
 
 @dataclass(frozen=True)

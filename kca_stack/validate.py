@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import ipaddress
 from collections import defaultdict
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from .model import EXPOSURES, GPU_CLASSES, KINDS, SYSTEMD_KINDS, Problem
+
+REPOSITORY = Path(__file__).resolve().parent.parent
 
 if TYPE_CHECKING:
     from .model import Stack
@@ -190,6 +192,14 @@ def check_references(stack: Stack) -> list[Problem]:
     for venv in stack.venvs.values():
         if not venv.path:
             problems.append(Problem(f"venvs.{venv.name}.path", "is empty", "give the venv a path"))
+        if venv.lock and not (REPOSITORY / venv.lock).is_file():
+            problems.append(
+                Problem(
+                    f"venvs.{venv.name}.lock",
+                    f"{venv.lock} is not a file of this repository",
+                    "compile it (the command is at the top of the other lock files) or fix the path",
+                )
+            )
     return problems
 
 

@@ -24,7 +24,7 @@ PIP_PROGRESS = (
 )
 
 
-def _install(stack: Stack, venv: str, pip_args: str, digest: str, stamp: str, label: str):
+def _install(venv: str, pip_args: str, digest: str, stamp: str, label: str):
     installed = remote_output(f"cat {stamp} 2>/dev/null || true")
     if installed == digest:
         return None
@@ -46,10 +46,14 @@ def _install(stack: Stack, venv: str, pip_args: str, digest: str, stamp: str, la
 
 def ensure_requirements(stack: Stack, venv_name: str, requirements: str, label: str):
     """Install a pinned requirements file of this repository. Returns the install operation, or None
-    when the venv already holds exactly this file."""
-    venv = stack.venvs[venv_name].path
-    local = Path(requirements)
+    when the venv already holds exactly this file. A venv with a hashed lock (venvs.NAME.lock, compiled
+    from `requirements`) installs the lock instead, with --require-hashes: every file pip fetches,
+    dependencies included, must have a hash the lock lists."""
+    venv_data = stack.venvs[venv_name]
+    venv = venv_data.path
+    local = Path(venv_data.lock or requirements)
     remote = f"{venv}/{local.name}"
+    pip_args = f"--require-hashes -r {remote}" if venv_data.lock else f"-r {remote}"
     files.put(
         name=f"Upload {local.name} to {venv}",
         src=str(local),
@@ -59,7 +63,7 @@ def ensure_requirements(stack: Stack, venv_name: str, requirements: str, label: 
         mode="0644",
     )
     digest = hashlib.sha256(local.read_bytes()).hexdigest()
-    return _install(stack, venv, f"-r {remote}", digest, f"{venv}/.kca-{local.stem}.sha256", label)
+    return _install(venv, pip_args, digest, f"{venv}/.kca-{local.stem}.sha256", label)
 
 
 def ensure_packages(stack: Stack, venv_name: str, packages: list[str], label: str):
@@ -67,4 +71,4 @@ def ensure_packages(stack: Stack, venv_name: str, packages: list[str], label: st
     venv = stack.venvs[venv_name].path
     digest = hashlib.sha256("\n".join(sorted(packages)).encode()).hexdigest()
     args = " ".join(shlex.quote(p) for p in packages)
-    return _install(stack, venv, args, digest, f"{venv}/.kca-packages.sha256", label)
+    return _install(venv, args, digest, f"{venv}/.kca-packages.sha256", label)

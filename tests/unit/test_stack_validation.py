@@ -178,6 +178,12 @@ BAD_STACKS = [
         "holds venvs.main",
     ),
     (
+        "venv lock that is not in the repository",
+        lambda d: d["venvs"]["main"]["locks"].update(cpu="requirements/nope.lock"),
+        "venvs.main.lock",
+        "requirements/nope.lock is not a file of this repository",
+    ),
+    (
         "models disk without nofail",
         with_models_device(options="defaults,noatime,x-systemd.device-timeout=30s"),
         "models_filesystem.options",
@@ -279,7 +285,7 @@ BAD_TARGETS = [
     (
         "test host that does not say /models is a plain directory",
         "testhost",
-        lambda d: d.pop("models_plain_directory"),
+        lambda d: d["models_filesystem"].update(plain_directory=False),
         "models_filesystem.device",
         "plain_directory is not set",
     ),
