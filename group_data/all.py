@@ -501,9 +501,11 @@ services = {
 
 # --- Models (document section 5: where each lives under /models) --------------------------------
 #
-# Each file comes from a Hugging Face repository at a revision. `sha256: None` means "not known when
-# this was written": the fetcher then checks the hub's own LFS checksum (X-Linked-ETag) and records
-# it beside the file, so a present, verified file is never fetched again. Nothing is ever deleted.
+# Each file comes from a Hugging Face repository at a revision (a commit pins it; a branch such as `main`
+# still moves, and the deploy says so). `sha256: None` means "not known when this was written": the
+# fetcher then checks the hub's own LFS checksum (X-Linked-ETag) and records it beside the file, so a
+# present, verified file is never fetched again. A file needs a sha256 or at least a `size` in bytes
+# (from data or the hub): with neither, the fetcher refuses it. Nothing is ever deleted.
 # A GGUF file has `role` model or mmproj; `snapshot: True` fetches a whole repository (HF layout).
 # On the test host (use_model_standins), each llama.cpp model file is replaced by a real small GGUF
 # placed at the same path, through the same code path.
