@@ -67,7 +67,10 @@ def ensure_requirements(stack: Stack, venv_name: str, requirements: str, label: 
 
 
 def ensure_packages(stack: Stack, venv_name: str, packages: list[str], label: str):
-    """Install pinned package specs (e.g. vllm==0.10.2) once."""
+    """Install pinned package specs (e.g. vllm==0.10.2) once; from the venv's hashed lock (compiled
+    from those specs) when it has one."""
+    if stack.venvs[venv_name].lock:
+        return ensure_requirements(stack, venv_name, stack.venvs[venv_name].lock, label)
     venv = stack.venvs[venv_name].path
     digest = hashlib.sha256("\n".join(sorted(packages)).encode()).hexdigest()
     args = " ".join(shlex.quote(p) for p in packages)
