@@ -100,7 +100,11 @@ venvs = {
         "locks": {"cuda": "requirements/main-cuda.lock", "cpu": "requirements/main-cpu.lock"},
     },
     # vLLM 0.10.2 pins torch 2.8.0: it gets a venv of its own so it cannot break the others.
-    "vllm": {"path": "/models/vllm-venv"},
+    "vllm": {
+        "path": "/models/vllm-venv",
+        # vllm 0.10.2 pins torch 2.8.0, whose only build on PyPI is the CUDA one: one lock for both.
+        "locks": {"cuda": "requirements/vllm.lock", "cpu": "requirements/vllm.lock"},
+    },
     # docling-serve pins its own world (ray, kubernetes clients, torchvision): kept apart too.
     "docling": {"path": "/models/docling-venv"},
 }
