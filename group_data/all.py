@@ -44,7 +44,9 @@ directories = [
     {"path": "/home/kca/llama.cpp", "owner": "kca", "mode": "0755"},
     {"path": "/home/kca/openwebui", "owner": "kca", "mode": "0755"},
     {"path": "/home/kca/openwebui/data", "owner": "root", "mode": "0700", "manage": False},
-    {"path": "/models", "owner": "kca", "mode": "0755"},
+    # root's: it holds the venvs, which root runs (pip, the stand-in builder); a kca-owned /models would
+    # let kca swap a venv for its own. The model folders below stay kca's.
+    {"path": "/models", "owner": "root", "mode": "0755"},
     {"path": "/models/gpt-oss", "owner": "kca", "mode": "0755"},
     {"path": "/models/exaone", "owner": "kca", "mode": "0755"},
     {"path": "/models/qwen3-vl-gguf", "owner": "kca", "mode": "0755"},
@@ -53,7 +55,7 @@ directories = [
     {"path": "/models/reranker/models", "owner": "kca", "mode": "0755"},
     {"path": "/models/reranker/api", "owner": "kca", "mode": "0755"},
     {"path": "/models/hcx-vllm-plugin", "owner": "kca", "mode": "0755"},
-    {"path": "/models/venv", "owner": "kca", "mode": "0755"},
+    {"path": "/models/venv", "owner": "root", "mode": "0755"},
     {"path": "/models/docling", "owner": "kca", "mode": "0755"},
     {"path": "/models/docling/artifacts", "owner": "kca", "mode": "0755"},
     {"path": "/models/docling/scratch", "owner": "kca", "mode": "0700"},
@@ -68,23 +70,41 @@ directories = [
     {"path": "/etc/kca/secrets", "owner": "root", "mode": "0700"},
 ]
 
-# /models is its own 1.8 TB partition on the real server. `device: None` means "a plain directory"
-# (the test host). The device is site-specific: production.py reads it from the environment.
+# /models is its own 1.8 TB partition on the real server. The device is site-specific: production.py
+# reads it from the environment. With no device the deploy refuses, unless `plain_directory` says that
+# /models really is a directory on the root disk (the test host says so).
 models_filesystem = {
     "mountpoint": "/models",
     "device": None,
+    "plain_directory": False,
     "fstype": "ext4",
-    "options": "defaults,noatime",
+    # nofail: a dead models disk must not send the boot to emergency mode (no SSH); the units that need
+    # the disk carry RequiresMountsFor= instead and fail cleanly. The timeout bounds the wait for it.
+    "options": "defaults,noatime,nofail,x-systemd.device-timeout=30s",
     "format_empty": False,
 }
 
 # --- Python environments ----------------------------------------------------------------------------
 
+# The venvs are root's, and so is /models that holds them: root runs pip and Python in them during the
+# deploy, so no other user may write there (the services only read and execute). One chown converges a
+# host whose venvs were kca's.
 venvs = {
-    # The document's "Python environment", with /home/kca/venv pointing at it.
-    "main": {"path": "/models/venv", "link": "/home/kca/venv"},
+    # The document's "Python environment", with /home/kca/venv pointing at it. Installed from a hashed
+    # lock (pip --require-hashes) compiled from apps/requirements-support.txt, one per accelerator:
+    # torch's CUDA build with its CUDA 13 runtime wheels (which need driver >= 580), or its CPU build.
+    # The command that compiles each is at its top.
+    "main": {
+        "path": "/models/venv",
+        "link": "/home/kca/venv",
+        "locks": {"cuda": "requirements/main-cuda.lock", "cpu": "requirements/main-cpu.lock"},
+    },
     # vLLM 0.10.2 pins torch 2.8.0: it gets a venv of its own so it cannot break the others.
-    "vllm": {"path": "/models/vllm-venv"},
+    "vllm": {
+        "path": "/models/vllm-venv",
+        # vllm 0.10.2 pins torch 2.8.0, whose only build on PyPI is the CUDA one: one lock for both.
+        "locks": {"cuda": "requirements/vllm.lock", "cpu": "requirements/vllm.lock"},
+    },
     # docling-serve pins its own world (ray, kubernetes clients, torchvision): kept apart too.
     "docling": {"path": "/models/docling-venv"},
 }
@@ -564,9 +584,11 @@ services = {
 
 # --- Models (document section 5: where each lives under /models) --------------------------------
 #
-# Each file comes from a Hugging Face repository at a revision. `sha256: None` means "not known when
-# this was written": the fetcher then checks the hub's own LFS checksum (X-Linked-ETag) and records
-# it beside the file, so a present, verified file is never fetched again. Nothing is ever deleted.
+# Each file comes from a Hugging Face repository at a revision (a commit pins it; a branch such as `main`
+# still moves, and the deploy says so). `sha256: None` means "not known when this was written": the
+# fetcher then checks the hub's own LFS checksum (X-Linked-ETag) and records it beside the file, so a
+# present, verified file is never fetched again. A file needs a sha256 or at least a `size` in bytes
+# (from data or the hub): with neither, the fetcher refuses it. Nothing is ever deleted.
 # A GGUF file has `role` model or mmproj; `snapshot: True` fetches a whole repository (HF layout).
 # On the test host (use_model_standins), each llama.cpp model file is replaced by a real small GGUF
 # placed at the same path, through the same code path.
@@ -675,13 +697,33 @@ artifacts = {
 
 nvidia = {
     "cuda_keyring_url": "https://developer.download.nvidia.com/compute/cuda/repos/{repo}/x86_64/cuda-keyring_1.1-1_all.deb",
+    # Unknown when this was written: the deploy refuses to fetch the keyring until it is set
+    # (`curl -fsSL <cuda_keyring_url> | sha256sum`, for the host's repo).
+    "cuda_keyring_sha256": None,
     "driver_min_major": 570,
+    # The driver branch apt may install (an apt pin on NVIDIA's packages): a new branch is a decision,
+    # not an upgrade. 580 is >= 570 (the RTX 5090's minimum) and covers CUDA 12.8.
+    "driver_branch": "580",
+    # What the pin holds to that branch (apt globs; the toolkit's 1.x versions are untouched by it).
+    "driver_pin_packages": [
+        "nvidia-*",
+        "libnvidia-*",
+        "libcuda*",
+        "libnvcuvid*",
+        "libnvoptix*",
+        "libxnvctrl*",
+        "xserver-xorg-video-nvidia*",
+        "firmware-nvidia-*",
+        "cuda-drivers*",
+    ],
     # The open kernel modules (required by Blackwell), built by DKMS for each kernel.
     "driver_packages": ["nvidia-open"],
     "cuda_packages": ["cuda-toolkit-12-8"],
     "cuda_home": "/usr/local/cuda-12.8",
     "container_toolkit": {
         "key_url": "https://nvidia.github.io/libnvidia-container/gpgkey",
+        # NVIDIA's open-source projects key; the fetched key is refused unless it has this fingerprint.
+        "key_fingerprint": "C95B 321B 61E8 8C18 09C4 F759 DDCA E044 F796 ECB0",
         "keyring": "/usr/share/keyrings/nvidia-container-toolkit-keyring.gpg",
         "repo_url": "https://nvidia.github.io/libnvidia-container/stable/deb/$(ARCH)",
         "packages": ["nvidia-container-toolkit"],

@@ -7,6 +7,9 @@ layer is skipped and GPU-only units are installed but skipped by systemd; /model
 
 gpu = {"present": False}
 
+# No models partition here: /models is a directory on the test host's root disk, on purpose.
+models_filesystem = {"plain_directory": True}
+
 # No model hub here: each model is a real small stand-in placed at the production path, through the
 # same code path. HyperCLOVA X has none: its unit is skipped (no GPU) and its model is never fetched.
 model_standins = {

@@ -193,8 +193,9 @@ def _backup(r: _Reader, data: Mapping[str, Any]) -> Backup | None:
     )
 
 
-def build_stack(data: Mapping[str, Any]) -> Stack:
-    """Parse and validate. Raises StackError naming every bad field; returns a Stack otherwise."""
+def build_stack(data: Mapping[str, Any], target: bool = False) -> Stack:
+    """Parse and validate. Raises StackError naming every bad field; returns a Stack otherwise.
+    `target`: also check what a deploy needs of its host (validate.TARGET_CHECKS)."""
     r = _Reader()
 
     raw_gpu = r.get(data, "gpu", "data", Mapping, {})
@@ -232,6 +233,7 @@ def build_stack(data: Mapping[str, Any]) -> Stack:
         fstype=r.get(raw_fs, "fstype", "models_filesystem", str, "ext4"),
         options=r.get(raw_fs, "options", "models_filesystem", str, "defaults"),
         format_empty=r.get(raw_fs, "format_empty", "models_filesystem", bool, False),
+        plain_directory=r.get(raw_fs, "plain_directory", "models_filesystem", bool, False),
     )
 
     venvs = {
@@ -239,6 +241,8 @@ def build_stack(data: Mapping[str, Any]) -> Stack:
             name=name,
             path=r.get(v, "path", f"venvs.{name}", str, ""),
             link=r.get(v, "link", f"venvs.{name}", (str, type(None)), None),
+            # One lock per accelerator: torch's CUDA build and its runtime wheels, or its CPU build.
+            lock=r.get(v, "locks", f"venvs.{name}", Mapping, {}).get("cuda" if gpu.present else "cpu"),
         )
         for name, v in r.get(data, "venvs", "data", Mapping, {}).items()
     }
@@ -261,6 +265,7 @@ def build_stack(data: Mapping[str, Any]) -> Stack:
                     revision=r.get(f, "revision", at, str, "main"),
                     file=r.get(f, "file", at, (str, type(None)), None),
                     sha256=r.get(f, "sha256", at, (str, type(None)), None),
+                    size=r.get(f, "size", at, (int, type(None)), None),
                 )
             )
         models[name] = Model(
@@ -338,8 +343,10 @@ def build_stack(data: Mapping[str, Any]) -> Stack:
         openwebui=dict(r.get(data, "openwebui", "data", Mapping, {})),
         dify=dict(r.get(data, "dify", "data", Mapping, {})),
         backup=backup,
+        # The inventory's ssh_port reaches host.data; unset means pyinfra's default.
+        connection_port=int(data.get("ssh_port") or 22),
     )
-    problems = r.problems + validate(stack)
+    problems = r.problems + validate(stack, target=target)
     if problems:
         raise StackError(problems)
     return stack
@@ -352,6 +359,6 @@ def load_stack(host_data: Any) -> Stack:
     the first whole value it finds; the stack merges those layers deeply instead, so that a group file
     overrides one value of a table without repeating the table."""
     if isinstance(host_data, Mapping):
-        return build_stack(host_data)
+        return build_stack(host_data, target=True)
     layers = [layer() if callable(layer) else layer for layer in host_data.datas]
-    return build_stack(merge_layers(reversed([dict(layer) for layer in layers if layer])))
+    return build_stack(merge_layers(reversed([dict(layer) for layer in layers if layer])), target=True)

@@ -119,6 +119,10 @@ class ModelsFilesystem:
     options: str
     # Format the device when it holds no filesystem at all (a new disk after a failure). Off by default.
     format_empty: bool = False
+    # True only where /models really is a directory on the root disk (the test host). Without a device
+    # and without this, the deploy refuses: a models partition that survived a rebuild must not sit
+    # unmounted while downloads fill the root disk.
+    plain_directory: bool = False
 
 
 @dataclass(frozen=True)
@@ -130,6 +134,8 @@ class ModelFile:
     revision: str
     file: str | None = None
     sha256: str | None = None
+    # Bytes: what the fetcher checks when no sha256 is known (a hub's small, non-LFS files).
+    size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -179,6 +185,9 @@ class Venv:
     name: str
     path: str
     link: str | None = None
+    # The hashed lock file of this repository for this host's accelerator (venvs.NAME.locks), installed
+    # with --require-hashes in place of the requirements it was compiled from.
+    lock: str | None = None
 
 
 @dataclass(frozen=True)
@@ -269,6 +278,8 @@ class Stack:
     openwebui: Mapping[str, Any] = field(default_factory=dict)
     dify: Mapping[str, Any] = field(default_factory=dict)
     backup: Backup | None = None
+    # The port the deploy's SSH connection uses (the inventory's ssh_port; pyinfra's default is 22).
+    connection_port: int = 22
 
     # --- derived views: computed, never stored twice -------------------------------------------------
 

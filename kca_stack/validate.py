@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import defaultdict
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from .model import (
@@ -21,6 +21,8 @@ from .model import (
     SYSTEMD_KINDS,
     Problem,
 )
+
+REPOSITORY = Path(__file__).resolve().parent.parent
 
 if TYPE_CHECKING:
     from .model import Stack
@@ -199,6 +201,14 @@ def check_references(stack: Stack) -> list[Problem]:
     for venv in stack.venvs.values():
         if not venv.path:
             problems.append(Problem(f"venvs.{venv.name}.path", "is empty", "give the venv a path"))
+        if venv.lock and not (REPOSITORY / venv.lock).is_file():
+            problems.append(
+                Problem(
+                    f"venvs.{venv.name}.lock",
+                    f"{venv.lock} is not a file of this repository",
+                    "compile it (the command is at the top of the other lock files) or fix the path",
+                )
+            )
     return problems
 
 
@@ -468,6 +478,164 @@ def check_backup(stack: Stack) -> list[Problem]:
     return problems
 
 
+def check_ssh_port(stack: Stack) -> list[Problem]:
+    """The firewall opens network.ssh_port; the deploy connects on the inventory's port. If they differ,
+    the first deploy locks itself (and the operator) out."""
+    wanted = stack.network.get("ssh_port", 22)
+    if wanted == stack.connection_port:
+        return []
+    return [
+        Problem(
+            "network.ssh_port",
+            f"is {wanted}, but the deploy connects on port {stack.connection_port} (the inventory's ssh_port): "
+            f"the firewall would close the port the deploy uses",
+            f"set network.ssh_port to {stack.connection_port}, or connect on {wanted} "
+            f"(KCA_PRODUCTION_PORT={wanted} in production.env)",
+        )
+    ]
+
+
+def check_models_device(stack: Stack) -> list[Problem]:
+    """/models on a device, or a plain directory said explicitly: never a directory by default, which in a
+    rebuild would fill the root disk with downloads while the surviving models partition sits unmounted."""
+    fs = stack.models_filesystem
+    if fs.device is None and not fs.plain_directory:
+        return [
+            Problem(
+                "models_filesystem.device",
+                f"no device is configured for {fs.mountpoint}, and models_filesystem.plain_directory is not set: "
+                "the models would fill the root disk while a models partition sits unmounted",
+                "set KCA_MODELS_DEVICE to the models partition (lsblk lists them) in production.env, or set "
+                "models_filesystem.plain_directory = True if /models really is a directory on the root disk",
+            )
+        ]
+    return []
+
+
+def check_models_filesystem(stack: Stack) -> list[Problem]:
+    """A models device is mounted so that a dead disk never stops the boot."""
+    fs = stack.models_filesystem
+    if fs.device is None:
+        return []
+    problems = []
+    if fs.plain_directory:
+        problems.append(
+            Problem(
+                "models_filesystem.plain_directory",
+                f"is set, but models_filesystem.device is {fs.device}",
+                "drop plain_directory, or the device",
+            )
+        )
+    options = fs.options.split(",")
+    for needed, why in (
+        ("nofail", "a dead models disk would send the boot to emergency mode, with no SSH"),
+        ("x-systemd.device-timeout=", "without it, boot waits 90 s for a missing disk"),
+    ):
+        if not any(option == needed or (needed.endswith("=") and option.startswith(needed)) for option in options):
+            problems.append(
+                Problem(
+                    "models_filesystem.options",
+                    f"{fs.options!r} lacks {needed.rstrip('=')}: {why}",
+                    f"add {needed}{'30s' if needed.endswith('=') else ''} to models_filesystem.options",
+                )
+            )
+    return problems
+
+
+def check_venv_owners(stack: Stack) -> list[Problem]:
+    """Root runs pip and Python from the venvs: the directories that hold them are root's, or the user
+    who owns them could put code there that root runs at the next deploy."""
+    problems = []
+    for index, directory in enumerate(stack.directories):
+        path = PurePosixPath(directory.path)
+        holds = [v for v in stack.venvs.values() if path in (PurePosixPath(v.path), *PurePosixPath(v.path).parents)]
+        if holds and directory.manage and directory.owner not in (None, "root"):
+            names = ", ".join(f"venvs.{v.name}" for v in holds)
+            problems.append(
+                Problem(
+                    f"directories[{index}].owner",
+                    f"{directory.path} holds {names}, which root runs, but belongs to {directory.owner}",
+                    f"make {directory.path} root-owned (owner 'root'); services only need to read it",
+                )
+            )
+    return problems
+
+
+def check_nvidia(stack: Stack) -> list[Problem]:
+    """The driver branch is pinned and new enough; the keys and packages fetched are checked."""
+    nvidia = stack.nvidia
+    if not nvidia:
+        return []
+    problems = []
+    branch = str(nvidia.get("driver_branch", ""))
+    minimum = nvidia.get("driver_min_major", 0)
+    if not branch.isdigit():
+        problems.append(
+            Problem("nvidia.driver_branch", f"{branch!r} is not a driver branch", "pin a branch, e.g. '580'")
+        )
+    elif int(branch) < minimum:
+        problems.append(
+            Problem(
+                "nvidia.driver_branch",
+                f"{branch} is older than nvidia.driver_min_major {minimum}",
+                f"pin a branch >= {minimum}",
+            )
+        )
+    sha256 = nvidia.get("cuda_keyring_sha256")
+    if sha256 is not None and not _is_hex(sha256, 64):
+        problems.append(
+            Problem("nvidia.cuda_keyring_sha256", f"{sha256!r} is not a sha256", "write the 64 hex digits, or None")
+        )
+    fingerprint = str(nvidia.get("container_toolkit", {}).get("key_fingerprint", "")).replace(" ", "")
+    if not _is_hex(fingerprint, 40):
+        problems.append(
+            Problem(
+                "nvidia.container_toolkit.key_fingerprint",
+                f"{fingerprint!r} is not an OpenPGP fingerprint",
+                "write the key's 40 hex digits (gpg --show-keys)",
+            )
+        )
+    return problems
+
+
+def _is_hex(value: object, length: int) -> bool:
+    text = str(value)
+    return len(text) == length and all(c in "0123456789abcdefABCDEF" for c in text)
+
+
+def _is_commit(ref: object) -> bool:
+    return _is_hex(ref, 40)
+
+
+def moving_refs(stack: Stack) -> list[str]:
+    """What this host's deploy fetches by a reference that can move under it (a branch, a tag without
+    digest, a file without checksum): not refused, said once per deploy so that it gets pinned."""
+    found = []
+    if not stack.use_model_standins:
+        for model in stack.models.values():
+            for index, f in enumerate(model.files):
+                at = f"models.{model.name}.files[{index}]"
+                if not _is_commit(f.revision):
+                    found.append(f"{at}.revision = {f.revision!r} (a branch: pin the commit)")
+                if f.role != "snapshot" and f.sha256 is None:
+                    found.append(f"{at}.sha256 = None (verified by the hub's own checksum only)")
+    plugin = stack.vllm.get("plugin", {})
+    if plugin.get("source") == "git" and not _is_commit(plugin.get("git_ref")):
+        found.append(f"vllm.plugin.git_ref = {plugin.get('git_ref')!r} (a branch: pin the commit)")
+    if stack.llama_cpp.source == "git" and not _is_commit(stack.llama_cpp.git_ref):
+        found.append(f"llama_cpp.git_ref = {stack.llama_cpp.git_ref!r} (not a commit)")
+    if stack.gpu.present and stack.nvidia.get("cuda_keyring_sha256") is None:
+        found.append("nvidia.cuda_keyring_sha256 = None (the keyring is not fetched until it is set)")
+    if stack.docker.get("pull_images", True):
+        if stack.openwebui.get("image") and not stack.openwebui.get("digest"):
+            found.append(f"openwebui: {stack.openwebui['image']}:{stack.openwebui.get('tag')} (a tag, no digest)")
+        if stack.dify.get("source") != "unavailable":
+            found.append(f"dify {stack.dify.get('tag')}: upstream's compose file names its images by tag")
+    if stack.dify.get("source") == "github" and stack.dify.get("sha256") is None:
+        found.append("dify.sha256 = None (the archive is not fetched until it is set)")
+    return found
+
+
 CHECKS = (
     check_kinds,
     check_ports,
@@ -476,13 +644,20 @@ CHECKS = (
     check_vram,
     check_paths,
     check_docker,
+    check_models_filesystem,
+    check_venv_owners,
+    check_nvidia,
     check_state,
     check_backup,
 )
 
+# What a deploy needs of its target beyond consistent data: the connection's port and where /models
+# lives. Checked by load_stack (the deploy); docs and tests that only describe the stack skip them.
+TARGET_CHECKS = (check_ssh_port, check_models_device)
 
-def validate(stack: Stack) -> list[Problem]:
+
+def validate(stack: Stack, target: bool = False) -> list[Problem]:
     problems: list[Problem] = []
-    for check in CHECKS:
+    for check in CHECKS + (TARGET_CHECKS if target else ()):
         problems.extend(check(stack))
     return problems

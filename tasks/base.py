@@ -9,7 +9,8 @@ from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.server import LinuxDistribution
 from pyinfra.operations import apt, files, pip, server
 
-from kca_stack import Stack
+from kca_stack import Service, Stack
+from kca_stack.validate import moving_refs
 
 from .util import remote_output
 
@@ -28,8 +29,30 @@ def packages_missing(wanted: list[str]) -> list[str]:
     return [name for name in wanted if name not in installed]
 
 
+def warn_moving_refs(stack: Stack) -> None:
+    """Once per deploy: what this host fetches by a reference that can still move under it."""
+    refs = moving_refs(stack)
+    if refs:
+        listing = "\n".join(f"    - {ref}" for ref in refs)
+        logger.warning(f"{host.name}: {len(refs)} fetched ref(s) still move; pin them in group_data:\n{listing}")
+
+
+def mounts_needed_by(stack: Stack, service: Service) -> list[str]:
+    """The models mount point when the service reads from it (its models, its venv) and /models is a
+    device: its unit then carries RequiresMountsFor= and fails cleanly when the disk is missing."""
+    fs = stack.models_filesystem
+    if fs.device is None:
+        return []
+    venv = stack.venvs.get(service.settings.get("venv") or (stack.vllm.get("venv") if service.kind == "vllm" else ""))
+    paths = [stack.models[name].dir for name in service.models if name in stack.models]
+    paths += [venv.path] if venv else []
+    inside = [p for p in paths if p == fs.mountpoint or p.startswith(fs.mountpoint.rstrip("/") + "/")]
+    return [fs.mountpoint] if inside else []
+
+
 @deploy("Base layer")
 def deploy_base(stack: Stack) -> None:
+    warn_moving_refs(stack)
     profile = os_profile(stack)
 
     server.user(
@@ -63,13 +86,19 @@ def deploy_base(stack: Stack) -> None:
     )
 
     for venv in stack.venvs.values():
+        # Root's, like /models that holds it (group_data venvs): root runs pip and Python here, so no
+        # other user may write here. A host whose venvs were kca's is handed back to root once.
         pip.venv(
             name=f"Create the Python environment {venv.path}",
             path=venv.path,
             python=profile["python"],
-            _sudo=True,
-            _sudo_user=stack.user.name,
         )
+        not_roots = remote_output(f"find {venv.path} ! -user root -print -quit 2>/dev/null || true")
+        if not_roots:
+            server.shell(
+                name=f"Give {venv.path} back to root (it held files of another user)",
+                commands=[f"chown -hR root:root {venv.path}"],
+            )
         if venv.link:
             files.link(
                 name=f"Link {venv.link} to {venv.path}",
@@ -85,7 +114,8 @@ def mount_models_filesystem(stack: Stack) -> None:
     filesystem; refuses, with the reason, when the device named in data is missing."""
     fs = stack.models_filesystem
     if fs.device is None:
-        logger.info(f"{host.name}: {fs.mountpoint} is a plain directory (models_filesystem.device is unset)")
+        # kca_stack refused this before the first operation unless the data says so explicitly.
+        logger.info(f"{host.name}: {fs.mountpoint} is a plain directory (models_filesystem.plain_directory)")
         return
 
     # One fact answers three questions: does the device exist, does it hold a filesystem, its UUID.

@@ -1,6 +1,10 @@
 """llama.cpp from source, pinned: fetch (git or uploaded archive), build llama-server, install it
 under /home/kca/llama.cpp/bin. The build is identified by a hash of its source and flags: a re-run with
-the same identity compiles nothing; a change rebuilds, and the caller restarts what uses it."""
+the same identity compiles nothing; a change rebuilds, and the caller restarts what uses it.
+
+The tree lives in kca's home, which kca can always rearrange (rename a folder, plant a link): so the
+fetch and the build run as kca, never as root, and root never runs a compiler, a CMake script or a
+binary from it. (Making the tree root's would not help while its parent is kca's home.)"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ import json
 import shlex
 
 from pyinfra.api import deploy
-from pyinfra.operations import files
+from pyinfra.operations import files, server
 
 from kca_stack import Stack
 
@@ -48,19 +52,31 @@ def deploy_llama_cpp(stack: Stack):
     where = layout(stack)
     cpp = stack.llama_cpp
     wanted = build_id(stack)
+    owner = {"user": stack.user.name, "group": stack.user.name}
+    ccache_dir = "/var/cache/ccache"
 
-    files.directory(name="Create the llama.cpp binaries folder", path=where["bin"], mode="0755")
+    # Trees an older, root-run build left behind go to kca first (chown -h: links themselves, never what
+    # they point at); then nothing in them is root's.
+    for tree in (where["root"], *([ccache_dir] if cpp.ccache else [])):
+        files.directory(name=f"Create {tree}", path=tree, **owner)
+        if remote_output(f"find {tree} ! -user {stack.user.name} -print -quit 2>/dev/null || true"):
+            server.shell(
+                name=f"Give {tree} to {stack.user.name} (the build runs as {stack.user.name})",
+                commands=[f"chown -hR {stack.user.name}:{stack.user.name} {tree}"],
+            )
+    files.directory(name="Create the llama.cpp binaries folder", path=where["bin"], mode="0755", **owner)
 
     fetch: list[str]
     if cpp.source == "archive":
         artifact = stack.artifacts[cpp.archive]
         archive = f"{where['archives']}/{artifact.file}"
-        files.directory(name="Create the llama.cpp archive folder", path=where["archives"])
+        files.directory(name="Create the llama.cpp archive folder", path=where["archives"], **owner)
         files.put(
             name=f"Upload the pinned llama.cpp source archive ({artifact.file})",
             src=str(local_artifact(artifact)),
             dest=archive,
             mode="0644",
+            **owner,
         )
         depth = len(artifact.subdir.strip("/").split("/")) if artifact.subdir else 0
         fetch = [
@@ -83,22 +99,28 @@ def deploy_llama_cpp(stack: Stack):
 
     flags = " ".join(shlex.quote(f) for f in stack.llama_cmake_flags())
     targets = " ".join(f"-t {t}" for t in cpp.targets)
-    env = "export CCACHE_DIR=/var/cache/ccache; " if cpp.ccache else ""
+    env = f"export CCACHE_DIR={ccache_dir}; " if cpp.ccache else ""
     install = " && ".join(f"install -m 0755 {where['build']}/bin/{t} {where['bin']}/{t}" for t in cpp.targets)
     return streamed_shell(
         name=f"Build llama.cpp {cpp.git_ref[:10]} ({'CUDA' if stack.gpu.present else 'CPU'}, id {wanted})",
+        # Each command runs in kca's own folder (sudo keeps root's working directory, which kca cannot read).
         commands=[
-            *fetch,
-            # A fresh build folder: a changed flag must not meet a stale CMake cache.
-            f"rm -rf {where['build']}",
-            f"{env}cmake -S {where['src']} -B {where['build']} {flags} 2>&1 | tail -n 5",
-            # Progress: cmake prints [ N%] lines as it goes; the full log stays on the host.
-            "bash -o pipefail -c "
-            + shlex.quote(
-                f"{env}cmake --build {where['build']} -j $(nproc) {targets} 2>&1 | tee {where['log']} "
-                "| grep --line-buffered -E '^\\[ *[0-9]+%\\]' | awk 'NR % 10 == 1 { print; fflush() }'"
-            ),
-            install,
-            f"echo {wanted} > {where['build_id']}",
+            f"cd {where['root']} && {command}"
+            for command in [
+                *fetch,
+                # A fresh build folder: a changed flag must not meet a stale CMake cache.
+                f"rm -rf {where['build']}",
+                f"{env}cmake -S {where['src']} -B {where['build']} {flags} 2>&1 | tail -n 5",
+                # Progress: cmake prints [ N%] lines as it goes; the full log stays on the host.
+                "bash -o pipefail -c "
+                + shlex.quote(
+                    f"{env}cmake --build {where['build']} -j $(nproc) {targets} 2>&1 | tee {where['log']} "
+                    "| grep --line-buffered -E '^\\[ *[0-9]+%\\]' | awk 'NR % 10 == 1 { print; fflush() }'"
+                ),
+                install,
+                f"echo {wanted} > {where['build_id']}",
+            ]
         ],
+        _sudo=True,
+        _sudo_user=stack.user.name,
     )

@@ -152,7 +152,6 @@ def deploy_vllm(stack: Stack):
                 name="Install the HyperCLOVA X plugin into the vLLM venv (editable)",
                 commands=[
                     f"{venv.path}/bin/pip install --no-deps -e {plugin['path']}",
-                    f"chown -R {stack.user.name}:{stack.user.name} {venv.path}",
                 ],
             )
         )

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pyinfra import host, logger
 from pyinfra.api import deploy
-from pyinfra.operations import files
+from pyinfra.operations import files, server
 
 from kca_stack import Stack
 from kca_stack.model import Model
@@ -65,13 +65,16 @@ def place_standin(stack: Stack, model: Model) -> list:
     marker = f"{model.dir}/.standin-{digest}"
     if remote_output(f"test -e {marker} && echo built || true") == "built":
         return []
+    # As the folder's owner, like the fetcher: its files are kca's from the start.
     return [
         streamed_shell(
             name=f"Build the stand-in {model.name} from {standin['base']} (deterministic)",
             commands=[
-                f"HF_HUB_OFFLINE=1 {python} {remote} --base {base} --out {model.dir}",
-                f"chown -R {stack.user.name}: {model.dir} && touch {marker}",
+                f"cd {stack.user.home} && HF_HUB_OFFLINE=1 {python} {remote} --base {base} --out {model.dir}",
+                f"touch {marker}",
             ],
+            _sudo=True,
+            _sudo_user=stack.user.name,
         )
     ]
 
@@ -87,8 +90,21 @@ def fetch_command(model: Model, role_file) -> tuple[str, str]:
         args = ["--file", role_file.file, "--dest", dest]
         if role_file.sha256:
             args += ["--sha256", role_file.sha256]
+        if role_file.size is not None:
+            args += ["--size", str(role_file.size)]
     argv = [FETCHER, "--repo", role_file.repo, "--revision", role_file.revision, *args]
     return " ".join(shlex.quote(a) for a in argv), marker
+
+
+def give_to_owner(stack: Stack, folder: str) -> None:
+    """Files an older, root-run fetch or build left in a model's folder go to its owner (chown -h: links
+    themselves, never what they point at); a converged folder costs one find."""
+    owner = stack.user.name
+    if remote_output(f"find {shlex.quote(folder)} ! -user {owner} -print -quit 2>/dev/null || true"):
+        server.shell(
+            name=f"Give {folder} to {owner}",
+            commands=[f"chown -hR {owner}:{owner} {shlex.quote(folder)}"],
+        )
 
 
 @deploy("Models")
@@ -100,6 +116,7 @@ def deploy_models(stack: Stack, kinds: tuple[str, ...]):
 
     if stack.use_model_standins:
         for model in wanted:
+            give_to_owner(stack, model.dir)
             changes[model.name] = place_standin(stack, model)
         return changes
 
@@ -109,18 +126,26 @@ def deploy_models(stack: Stack, kinds: tuple[str, ...]):
         dest=FETCHER,
         mode="0755",
     )
+    owner = stack.user.name
     for model in wanted:
-        files.directory(name=f"Create {model.dir}", path=model.dir, user=stack.user.name, group=stack.user.name)
+        files.directory(name=f"Create {model.dir}", path=model.dir, user=owner, group=owner)
+        pending = []
         for role_file in model.files:
             command, marker = fetch_command(model, role_file)
             present = remote_output(f"test -e {shlex.quote(marker)} && echo present || true")
-            if present == "present":
-                continue
+            if present != "present":
+                pending.append((role_file, command))
+        give_to_owner(stack, model.dir)
+        # The fetcher runs as the folder's owner, not root: root never writes through a path another
+        # user could have laid (a .part that is a symlink).
+        for role_file, command in pending:
             logger.info(f"{host.name}: {model.name}: {role_file.file or role_file.repo} will be fetched")
             changes[model.name].append(
                 streamed_shell(
                     name=f"Fetch {model.name} ({role_file.role}: {role_file.file or 'snapshot'})",
-                    commands=[command, f"chown -R {stack.user.name}: {shlex.quote(model.dir)}"],
+                    commands=[command],
+                    _sudo=True,
+                    _sudo_user=owner,
                 )
             )
     return changes

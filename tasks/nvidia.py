@@ -3,14 +3,20 @@ CUDA toolkit >= 12.8 from NVIDIA's apt repository, and nvidia-container-toolkit 
 
 Nothing is reinstalled when the packages are present. A new driver needs a reboot: done only when
 `nvidia.reboot_allowed` says so, otherwise the run ends with a clear "reboot required". Skipped, with
-one message, on a host without an NVIDIA GPU (gpu.present = False)."""
+one message, on a host without an NVIDIA GPU (gpu.present = False).
+
+Every download is checked: the cuda-keyring package by sha256 (the deploy refuses to fetch it until
+`nvidia.cuda_keyring_sha256` is set), the container toolkit's key by fingerprint, as Docker's is. The
+driver stays on the branch in data (an apt pin): a new branch is a decision, not an upgrade."""
 
 from __future__ import annotations
 
 import shlex
+from io import BytesIO
 
 from pyinfra import host, logger
 from pyinfra.api import deploy
+from pyinfra.facts.files import File
 from pyinfra.operations import apt, files, python, server
 
 from kca_stack import Stack
@@ -34,14 +40,40 @@ def deploy_nvidia(stack: Stack) -> None:
     # NVIDIA's CUDA repository, through its keyring package (the repository signs everything else).
     if packages_missing(["cuda-keyring"]):
         url = nvidia["cuda_keyring_url"].format(repo=repo)
+        if not nvidia.get("cuda_keyring_sha256"):
+            raise SystemExit(
+                f"{host.name}: nvidia.cuda_keyring_sha256 is unset, so the cuda-keyring package cannot be checked; "
+                f"nothing was fetched. Fix: run `curl -fsSL {url} | sha256sum` once and set "
+                "nvidia.cuda_keyring_sha256 in group_data/all.py."
+            )
+        keyring_deb = "/var/cache/apt/archives/kca-cuda-keyring.deb"
+        files.download(
+            name="Fetch NVIDIA's cuda-keyring package (checked by sha256)",
+            src=url,
+            dest=keyring_deb,
+            sha256sum=nvidia["cuda_keyring_sha256"],
+        )
         server.shell(
             name="Add NVIDIA's CUDA repository (cuda-keyring)",
-            commands=[
-                f"curl -fsSL {shlex.quote(url)} -o /tmp/cuda-keyring.deb",
-                "dpkg -i /tmp/cuda-keyring.deb && rm -f /tmp/cuda-keyring.deb",
-                "apt-get update -qq",
-            ],
+            commands=[f"dpkg -i {keyring_deb}", "apt-get update -qq"],
         )
+
+    # Before any driver package is chosen: apt may pick NVIDIA's packages only from the pinned branch.
+    branch = nvidia["driver_branch"]
+    files.put(
+        name=f"Pin the NVIDIA driver to branch {branch}",
+        src=BytesIO(
+            (
+                "# Managed by kca-ai-infra (tasks/nvidia.py): NVIDIA's driver stays on the branch in\n"
+                "# group_data (nvidia.driver_branch); other versions of these packages keep apt's default.\n"
+                f"Package: {' '.join(nvidia['driver_pin_packages'])}\n"
+                f"Pin: version {branch}.*\n"
+                "Pin-Priority: 1001\n"
+            ).encode()
+        ),
+        dest="/etc/apt/preferences.d/kca-nvidia-driver",
+        mode="0644",
+    )
 
     installed = remote_output("nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -n1")
     major = int(installed.split(".")[0]) if installed[:1].isdigit() else 0
@@ -67,12 +99,26 @@ def deploy_nvidia(stack: Stack) -> None:
     )
 
     toolkit = nvidia["container_toolkit"]
+    keyring = toolkit["keyring"]
+    if not host.get_fact(File, path=keyring):
+        apt.packages(name="Install gnupg (checks the toolkit key)", packages=["gnupg"], no_recommends=True)
+        fingerprint = toolkit["key_fingerprint"].replace(" ", "").upper()
+        tmp = f"{keyring}.new"
+        server.shell(
+            name="Fetch NVIDIA's container toolkit key and check its fingerprint",
+            commands=[
+                f"curl -fsSL {shlex.quote(toolkit['key_url'])} -o {tmp}",
+                f"gpg --show-keys --with-colons {tmp} | grep -q '^fpr:::::::::{fingerprint}:'"
+                f" || {{ echo 'NVIDIA container toolkit key: fingerprint is not {fingerprint}' >&2; rm -f {tmp}; "
+                "exit 1; }",
+                f"gpg --dearmor --yes -o {keyring} {tmp} && rm -f {tmp}",
+            ],
+        )
     if packages_missing(list(toolkit["packages"])):
         server.shell(
             name="Add NVIDIA's container toolkit repository",
             commands=[
-                f"curl -fsSL {shlex.quote(toolkit['key_url'])} | gpg --dearmor --yes -o {toolkit['keyring']}",
-                f"echo 'deb [signed-by={toolkit['keyring']}] {toolkit['repo_url']} /' "
+                f"echo 'deb [signed-by={keyring}] {toolkit['repo_url']} /' "
                 "> /etc/apt/sources.list.d/nvidia-container-toolkit.list",
                 "apt-get update -qq",
             ],

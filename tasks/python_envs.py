@@ -1,8 +1,8 @@
 """pip installs into the venvs under /models, done once: a stamp with the sha256 of what was asked
 decides, because `pip install` cannot tell pyinfra whether it changed anything.
 
-pip runs as root (its cache is root's, which the test host keeps across boots), then the venv is
-handed back to the kca user who owns /models.
+pip runs as root (its cache is root's, which the test host keeps across boots) in venvs that are root's
+too (tasks/base.py): root never runs code that another user could have written there.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ PIP_PROGRESS = (
 )
 
 
-def _install(stack: Stack, venv: str, pip_args: str, digest: str, stamp: str, label: str):
+def _install(venv: str, pip_args: str, digest: str, stamp: str, label: str):
     installed = remote_output(f"cat {stamp} 2>/dev/null || true")
     if installed == digest:
         return None
@@ -39,7 +39,6 @@ def _install(stack: Stack, venv: str, pip_args: str, digest: str, stamp: str, la
         name=f"Install {label} into {venv} (pinned)",
         commands=[
             f"bash -o pipefail -c {shlex.quote(pip)}",
-            f"chown -R {stack.user.name}:{stack.user.name} {venv}",
             f"echo {digest} > {stamp}",
         ],
     )
@@ -47,25 +46,32 @@ def _install(stack: Stack, venv: str, pip_args: str, digest: str, stamp: str, la
 
 def ensure_requirements(stack: Stack, venv_name: str, requirements: str, label: str):
     """Install a pinned requirements file of this repository. Returns the install operation, or None
-    when the venv already holds exactly this file."""
-    venv = stack.venvs[venv_name].path
-    local = Path(requirements)
+    when the venv already holds exactly this file. A venv with a hashed lock (venvs.NAME.lock, compiled
+    from `requirements`) installs the lock instead, with --require-hashes: every file pip fetches,
+    dependencies included, must have a hash the lock lists."""
+    venv_data = stack.venvs[venv_name]
+    venv = venv_data.path
+    local = Path(venv_data.lock or requirements)
     remote = f"{venv}/{local.name}"
+    pip_args = f"--require-hashes -r {remote}" if venv_data.lock else f"-r {remote}"
     files.put(
         name=f"Upload {local.name} to {venv}",
         src=str(local),
         dest=remote,
-        user=stack.user.name,
-        group=stack.user.name,
+        user="root",
+        group="root",
         mode="0644",
     )
     digest = hashlib.sha256(local.read_bytes()).hexdigest()
-    return _install(stack, venv, f"-r {remote}", digest, f"{venv}/.kca-{local.stem}.sha256", label)
+    return _install(venv, pip_args, digest, f"{venv}/.kca-{local.stem}.sha256", label)
 
 
 def ensure_packages(stack: Stack, venv_name: str, packages: list[str], label: str):
-    """Install pinned package specs (e.g. vllm==0.10.2) once."""
+    """Install pinned package specs (e.g. vllm==0.10.2) once; from the venv's hashed lock (compiled
+    from those specs) when it has one."""
+    if stack.venvs[venv_name].lock:
+        return ensure_requirements(stack, venv_name, stack.venvs[venv_name].lock, label)
     venv = stack.venvs[venv_name].path
     digest = hashlib.sha256("\n".join(sorted(packages)).encode()).hexdigest()
     args = " ".join(shlex.quote(p) for p in packages)
-    return _install(stack, venv, args, digest, f"{venv}/.kca-packages.sha256", label)
+    return _install(venv, args, digest, f"{venv}/.kca-packages.sha256", label)

@@ -8,6 +8,8 @@ from pyinfra.operations import files, server, systemd
 
 from kca_stack import Service, Stack
 
+from .base import mounts_needed_by
+
 UNIT_TEMPLATE = "templates/etc/systemd/system/kca-service.service.j2"
 JINJA = {"trim_blocks": True, "lstrip_blocks": True}
 
@@ -46,6 +48,8 @@ def unit_context(stack: Stack, service: Service, spec: UnitSpec, source: str) ->
         "exposure": service.exposure,
         "description": f"kca {service.title} ({service.kind}, port {service.port})",
         "conditions": conditions_of(stack, service),
+        # The models disk, when the service reads from it: without the disk, the unit fails cleanly.
+        "requires_mounts_for": mounts_needed_by(stack, service),
         "conflicts": [other.unit for other in stack.conflicts_of(service)],
         # Not `user`: files.template takes that as the file's owner.
         "service_user": stack.user.name,

@@ -3,6 +3,8 @@
 Every case is parametrised from the stack data: a directory or package added there is tested here.
 """
 
+from pathlib import Path
+
 
 def test_kca_user(host, stack):
     user = host.user(stack.user.name)
@@ -37,9 +39,12 @@ def test_models_filesystem(host, stack):
         assert mount.exists
         assert mount.filesystem == fs.fstype
         fstab = host.file("/etc/fstab").content_string
-        assert any(line.startswith("UUID=") and line.split()[1] == fs.mountpoint for line in fstab.splitlines()), (
-            "/models must be mounted by UUID"
-        )
+        lines = [line.split() for line in fstab.splitlines() if line.startswith("UUID=")]
+        models = [fields for fields in lines if fields[1] == fs.mountpoint]
+        assert models, "/models must be mounted by UUID"
+        # A dead models disk must not send the boot to emergency mode (no SSH).
+        options = models[0][3].split(",")
+        assert "nofail" in options and any(o.startswith("x-systemd.device-timeout=") for o in options), models[0]
 
 
 def test_python_environment(host, stack, venv):
@@ -47,8 +52,27 @@ def test_python_environment(host, stack, venv):
     python = host.run(f"{env.path}/bin/python -c 'import sys, venv; print(sys.prefix)'")
     assert python.rc == 0, python.stderr
     assert python.stdout.strip() == env.path
-    assert host.file(env.path).user == stack.user.name
+    # Root runs pip and Python here: nothing in the venv, nor the venv's folder, is another user's.
+    assert host.file(env.path).user == "root"
+    assert host.file(str(Path(env.path).parent)).user == "root"
+    foreign = host.run(f"find {env.path} ! -user root -print -quit")
+    assert foreign.rc == 0 and foreign.stdout.strip() == "", foreign.stdout
     if env.link:
         link = host.file(env.link)
         assert link.is_symlink
         assert link.linked_to == env.path
+
+
+def test_llama_cpp_tree_is_built_by_its_owner(host, stack):
+    """The build runs as kca in kca's tree: nothing in it is root's (root never builds there)."""
+    root = stack.paths["llama_cpp"]
+    foreign = host.run(f"find {root} ! -user {stack.user.name} -print -quit")
+    assert foreign.rc == 0 and foreign.stdout.strip() == "", foreign.stdout
+
+
+def test_model_folders_hold_nothing_of_root(host, stack):
+    """The fetcher (and the stand-ins) write model files as kca: no root-owned file under a model's folder."""
+    for model in stack.models.values():
+        if host.file(model.dir).exists:
+            foreign = host.run(f"find {model.dir} ! -user {stack.user.name} -print -quit")
+            assert foreign.rc == 0 and foreign.stdout.strip() == "", (model.name, foreign.stdout)

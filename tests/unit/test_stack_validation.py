@@ -8,8 +8,11 @@ import copy
 
 import pytest
 
-from kca_stack import StackError, build_stack
+from kca_stack import StackError, build_stack, load_stack
 from kca_stack.data import group_data
+from kca_stack.validate import moving_refs
+
+MODELS_DEVICE = "/dev/disk/by-partlabel/models"
 
 
 def base_data():
@@ -33,6 +36,26 @@ def set_key(section, name, key, value):
 def add_to_scenario(scenario, service):
     def mutate(data):
         data["vram_scenarios"][scenario]["services"].append(service)
+
+    return mutate
+
+
+def set_directory_owner(path, owner):
+    def mutate(data):
+        next(d for d in data["directories"] if d["path"] == path)["owner"] = owner
+
+    return mutate
+
+
+def directory_field(path):
+    index = next(i for i, d in enumerate(base_data()["directories"]) if d["path"] == path)
+    return f"directories[{index}].owner"
+
+
+def with_models_device(**changes):
+    def mutate(data):
+        data["models_device"] = MODELS_DEVICE
+        data["models_filesystem"].update(changes)
 
     return mutate
 
@@ -142,6 +165,72 @@ BAD_STACKS = [
     ("missing unit", set_key("services", "docling", "unit", None), "services.docling.unit", "needs a systemd unit"),
     ("port not a number", set_port("docling", "8007"), "services.docling.ports[0].port", "must be int"),
     ("missing exposure", lambda d: d["services"]["docling"].pop("exposure"), "services.docling.exposure", "missing"),
+    (
+        "venvs under a directory kca owns",
+        set_directory_owner("/models", "kca"),
+        directory_field("/models"),
+        "holds venvs.main, venvs.vllm, venvs.docling, which root runs, but belongs to kca",
+    ),
+    (
+        "the main venv owned by kca",
+        set_directory_owner("/models/venv", "kca"),
+        directory_field("/models/venv"),
+        "holds venvs.main",
+    ),
+    (
+        "venv lock that is not in the repository",
+        lambda d: d["venvs"]["main"]["locks"].update(cpu="requirements/nope.lock"),
+        "venvs.main.lock",
+        "requirements/nope.lock is not a file of this repository",
+    ),
+    (
+        "models disk without nofail",
+        with_models_device(options="defaults,noatime,x-systemd.device-timeout=30s"),
+        "models_filesystem.options",
+        "lacks nofail",
+    ),
+    (
+        "models disk without a device timeout",
+        with_models_device(options="defaults,nofail"),
+        "models_filesystem.options",
+        "lacks x-systemd.device-timeout",
+    ),
+    (
+        "models device and plain directory at once",
+        with_models_device(plain_directory=True),
+        "models_filesystem.plain_directory",
+        f"device is {MODELS_DEVICE}",
+    ),
+    (
+        "driver branch not pinned",
+        lambda d: d["nvidia"].update(driver_branch="latest"),
+        "nvidia.driver_branch",
+        "not a driver branch",
+    ),
+    (
+        "driver branch too old for the card",
+        lambda d: d["nvidia"].update(driver_branch="550"),
+        "nvidia.driver_branch",
+        "older than nvidia.driver_min_major 570",
+    ),
+    (
+        "cuda-keyring checksum not a sha256",
+        lambda d: d["nvidia"].update(cuda_keyring_sha256="abc"),
+        "nvidia.cuda_keyring_sha256",
+        "not a sha256",
+    ),
+    (
+        "container toolkit key without a fingerprint",
+        lambda d: d["nvidia"]["container_toolkit"].pop("key_fingerprint"),
+        "nvidia.container_toolkit.key_fingerprint",
+        "not an OpenPGP fingerprint",
+    ),
+    (
+        "model file size not a number",
+        lambda d: d["models"]["exaone-32b"]["files"][0].update(size="19 GB"),
+        "models.exaone-32b.files[0].size",
+        "must be int",
+    ),
 ]
 
 
@@ -174,3 +263,77 @@ def test_every_problem_is_reported_at_once():
         build_stack(data)
     fields = {p.field for p in refused.value.problems}
     assert {"services.exaone.ports", "services.bge-embedding.bind"} <= fields
+
+
+# What a deploy needs of its target (load_stack, as deploy.py calls it), beyond consistent data.
+BAD_TARGETS = [
+    # (id, group, mutation, field, words)
+    (
+        "SSH port of the firewall differs from the connection's",
+        "testhost",
+        lambda d: d.update(ssh_port=2222),
+        "network.ssh_port",
+        "is 22, but the deploy connects on port 2222",
+    ),
+    (
+        "production with no models device",
+        "production",
+        lambda d: d.pop("models_device", None),
+        "models_filesystem.device",
+        "no device is configured for /models",
+    ),
+    (
+        "test host that does not say /models is a plain directory",
+        "testhost",
+        lambda d: d["models_filesystem"].update(plain_directory=False),
+        "models_filesystem.device",
+        "plain_directory is not set",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("group", "mutate", "field", "words"),
+    [case[1:] for case in BAD_TARGETS],
+    ids=[case[0] for case in BAD_TARGETS],
+)
+def test_bad_target_is_refused_naming_the_field(group, mutate, field, words):
+    data = copy.deepcopy(group_data(group))
+    data["models_device"] = data.get("models_device") or (MODELS_DEVICE if group == "production" else None)
+    mutate(data)
+    with pytest.raises(StackError) as refused:
+        load_stack(data)
+    messages = [str(p) for p in refused.value.problems]
+    assert any(m.startswith(f"{field}:") and words in m for m in messages), messages
+    assert all("Fix:" in m for m in messages)
+
+
+def test_the_deploy_accepts_the_committed_targets():
+    assert load_stack({**group_data("testhost"), "ssh_port": 22}).models_filesystem.plain_directory
+    production = load_stack({**group_data("production"), "models_device": MODELS_DEVICE, "ssh_port": 22})
+    assert production.models_filesystem.device == MODELS_DEVICE
+
+
+def test_production_lists_every_ref_that_still_moves():
+    stack = build_stack({**group_data("production"), "models_device": MODELS_DEVICE})
+    refs = moving_refs(stack)
+    assert "models.gpt-oss-20b.files[0].revision = 'main' (a branch: pin the commit)" in refs
+    assert "models.bge-m3.files[0].revision = 'main' (a branch: pin the commit)" in refs
+    assert "models.exaone-32b.files[0].sha256 = None (verified by the hub's own checksum only)" in refs
+    assert "vllm.plugin.git_ref = 'main' (a branch: pin the commit)" in refs
+    assert any(r.startswith("openwebui: ghcr.io/open-webui/open-webui:v0.12.4") for r in refs)
+    assert "nvidia.cuda_keyring_sha256 = None (the keyring is not fetched until it is set)" in refs
+    # llama.cpp is pinned at a commit: not listed.
+    assert not any(r.startswith("llama_cpp.") for r in refs)
+
+
+def test_a_ref_pinned_to_a_commit_is_not_listed():
+    data = {**copy.deepcopy(group_data("production")), "models_device": MODELS_DEVICE}
+    data["models"]["gpt-oss-20b"]["files"][0].update(revision="0" * 40, sha256="1" * 64)
+    refs = moving_refs(build_stack(data))
+    assert not any(r.startswith("models.gpt-oss-20b.") for r in refs)
+
+
+def test_the_test_host_fetches_nothing_by_a_moving_ref_of_the_models():
+    refs = moving_refs(build_stack(group_data("testhost")))
+    assert not any(r.startswith(("models.", "vllm.", "openwebui", "nvidia.")) for r in refs), refs
