@@ -128,6 +128,13 @@ def mount_models_filesystem(stack: Stack) -> None:
             f"{host.name}: models_filesystem.device {fs.device} does not exist; nothing was changed. "
             "Fix: set KCA_MODELS_DEVICE to the /models partition (lsblk lists them)."
         )
+    if "PTTYPE" in found:
+        # A whole disk with a partition table: blkid gives no filesystem UUID, yet it is not empty.
+        raise SystemExit(
+            f"{host.name}: {fs.device} holds a {found['PTTYPE']} partition table; refusing to format or mount it; "
+            "nothing was changed. Fix: set KCA_MODELS_DEVICE to the partition that holds /models "
+            "(lsblk lists them), not the whole disk."
+        )
     files.directory(name=f"Create the mount point {fs.mountpoint}", path=fs.mountpoint)
     fstab_tail = f"{fs.mountpoint} {fs.fstype} {fs.options} 0 2"
     if "NOFS" in found or "UUID" not in found:
