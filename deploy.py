@@ -9,7 +9,22 @@ import sys
 from pyinfra import host
 
 from kca_stack import StackError, load_stack
-from tasks import base, dify, docker, firewall, llama_cpp, llm, models, nvidia, openwebui, secrets, support, units
+from tasks import (
+    base,
+    dify,
+    docker,
+    firewall,
+    identities,
+    llama_cpp,
+    llm,
+    models,
+    nvidia,
+    openwebui,
+    proxy,
+    secrets,
+    support,
+    units,
+)
 
 try:
     stack = load_stack(host.data)
@@ -18,7 +33,9 @@ except StackError as error:
     sys.stderr.write(f"\n{host.name}: refusing to deploy, {error}\n\nNothing on the host was changed.\n")
     sys.exit(2)
 
-# 1. The base layer: user, /models, directory tree, packages, Python environment.
+# 1. The base layer: one identity per service (first: they own folders below), user, /models,
+#    directory tree, packages, Python environment.
+identities.deploy_identities(stack=stack)
 base.deploy_base(stack=stack)
 secrets.deploy_secrets(stack=stack)
 # Early: internal services listen on all addresses, so the firewall is in place before any starts.
@@ -32,6 +49,8 @@ llm_models = models.deploy_models(stack=stack, kinds=("llama.cpp", "vllm"))
 vllm_changes = llm.deploy_vllm(stack=stack)
 llm_units = llm.deploy_llm_units(stack=stack)
 llm.install_switch(stack=stack)
+# vLLM listens on loopback; its port is the authenticating proxy's.
+proxy.deploy_auth_proxy(stack=stack)
 
 
 llm_changes = {

@@ -18,6 +18,7 @@ from .model import (
     Problem,
     Scenario,
     Service,
+    ServiceUser,
     Stack,
     StackError,
     User,
@@ -138,7 +139,15 @@ def build_stack(data: Mapping[str, Any]) -> Stack:
         name=r.get(raw_user, "name", "user", str, "kca"),
         home=r.get(raw_user, "home", "user", str, "/home/kca"),
         shell=r.get(raw_user, "shell", "user", str, "/bin/bash"),
+        uid=r.get(raw_user, "uid", "user", (int, type(None)), None),
     )
+    service_users = {
+        name: ServiceUser(
+            name=r.get(raw, "name", f"service_users.{name}", str, ""),
+            uid=r.get(raw, "uid", f"service_users.{name}", int, 0),
+        )
+        for name, raw in r.get(data, "service_users", "data", Mapping, {}).items()
+    }
 
     directories = tuple(
         Directory(
@@ -282,6 +291,9 @@ def build_stack(data: Mapping[str, Any]) -> Stack:
             **r.get(data, "dify", "data", Mapping, {}),
             **({"source": data["dify_source"]} if "dify_source" in data else {}),
         },
+        service_users=service_users,
+        container_uids=dict(r.get(data, "container_uids", "data", Mapping, {})),
+        auth_proxy=dict(r.get(data, "auth_proxy", "data", Mapping, {})),
     )
     problems = r.problems + validate(stack)
     if problems:
