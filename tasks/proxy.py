@@ -102,11 +102,13 @@ def unit_context(stack: Stack) -> dict:
 
 def key_map_script(stack: Stack, secret: str) -> str:
     """A shell snippet that prints the nginx map for `secret` (read on the host). The key is checked to
-    be plain characters first, so it cannot break out of the quoted string."""
+    be letters and digits first, so it can neither leave the quoted string nor mean anything in the
+    regular expression."""
     path = secret_path(stack, secret)
     variable = key_variable(secret)
-    layout = f'map $http_authorization ${variable} {{\\n    default 0;\\n    "Bearer %s" 1;\\n}}\\n'
-    return f"grep -qx '[A-Za-z0-9._~-]*' {path} && printf '{layout}' \"$(cat {path})\""
+    # A case-sensitive regular expression: nginx matches a map's plain strings ignoring case.
+    layout = f'map $http_authorization ${variable} {{\\n    default 0;\\n    "~^Bearer %s$" 1;\\n}}\\n'
+    return f"grep -qx '[A-Za-z0-9]*' {path} && printf '{layout}' \"$(cat {path})\""
 
 
 @deploy("Authenticating proxy")
