@@ -68,7 +68,7 @@ def test_a_service_reads_no_other_services_secret(host, stack):
             for name in credentials:
                 own = host.run(as_user(user, f"cat /run/credentials/{unit}/{name} >/dev/null"))
                 assert own.rc == 0, f"{user} cannot read its own {name}: {own.stderr}"
-        for _, other_unit, other_user, other_credentials in rows:
+        for _, other_unit, _, other_credentials in rows:
             if other_unit == unit:
                 continue
             for name in other_credentials:
@@ -90,7 +90,7 @@ def test_a_service_sees_no_other_services_processes(host, stack):
         pytest.skip("fewer than two services with an identity run here")
     for unit, user, pid in running:
         listed = host.run(as_user(user, "ls /proc", pid)).stdout.split()
-        for other_unit, other_user, other_pid in running:
+        for other_unit, _, other_pid in running:
             if other_unit == unit:
                 continue
             assert str(other_pid) not in listed, f"{unit} sees {other_unit}'s process {other_pid}"
