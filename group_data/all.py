@@ -64,6 +64,9 @@ paths = {
 # Directories the base layer creates. `manage: False` means "create if missing, never touch owner or
 # mode afterwards": the Docker volumes belong to the containers (PostgreSQL chowns its data folder).
 directories = [
+    # Traversable: the service users run llama-server and the embedding app from here (Ubuntu's
+    # useradd makes homes 0750).
+    {"path": "/home/kca", "owner": "kca", "mode": "0755"},
     {"path": "/home/kca/llama.cpp", "owner": "kca", "mode": "0755"},
     {"path": "/home/kca/openwebui", "owner": "kca", "mode": "0755"},
     {"path": "/home/kca/openwebui/data", "owner": "root", "mode": "0700", "manage": False},
