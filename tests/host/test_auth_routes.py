@@ -49,16 +49,33 @@ class Handler(BaseHTTPRequestHandler):
 ThreadingHTTPServer((sys.argv[1], int(sys.argv[2])), Handler).serve_forever()
 """
 
-# vLLM's routes from its app factory, without an engine or a GPU.
+# vLLM's routes from its app factory, without an engine or a GPU. Without a GPU vLLM cannot infer a
+# device, which its argument defaults need: the platform is set to the CPU first (the routes do not
+# depend on it). FastAPI may hold an included router as one entry: walked into.
 VLLM_APP_ROUTES = """\
 import json
+
+import vllm.platforms
+from vllm.platforms.cpu import CpuPlatform
+
+vllm.platforms._current_platform = CpuPlatform()
+
 from vllm.entrypoints.openai.api_server import build_app
 from vllm.entrypoints.openai.cli_args import make_arg_parser
 from vllm.utils import FlexibleArgumentParser
 
-args = make_arg_parser(FlexibleArgumentParser()).parse_args([])
-app = build_app(args)
-print(json.dumps([[r.path, sorted(getattr(r, "methods", None) or ["GET"])] for r in app.routes]))
+
+def walk(routes, prefix=""):
+    for route in routes:
+        if hasattr(route, "path"):
+            yield prefix + route.path, sorted(getattr(route, "methods", None) or ["GET"])
+        elif hasattr(route, "original_router"):
+            inner = getattr(getattr(route, "include_context", None), "prefix", "") or ""
+            yield from walk(route.original_router.routes, prefix + inner)
+
+
+app = build_app(make_arg_parser(FlexibleArgumentParser()).parse_args([]))
+print(json.dumps(list(walk(app.routes))))
 """
 
 # vLLM's routes from the decorators of its api_server.py (every one, flag-gated included), and the
@@ -100,7 +117,7 @@ def vllm_routes(host, stack) -> tuple[str, dict[str, set[str]]]:
     routes: dict[str, set[str]] = {}
     app = host.run(f"timeout 600 {python} - <<'EOF'\n{VLLM_APP_ROUTES}EOF")
     if app.rc == 0:
-        how = "vLLM's app factory (build_app, no engine)"
+        how = "vLLM's app factory (build_app, no engine, CPU platform)"
         for path, methods in json.loads(app.stdout.strip().splitlines()[-1]):
             routes.setdefault(path, set()).update(m for m in methods if m != "HEAD")
     else:
