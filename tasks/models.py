@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pyinfra import host, logger
 from pyinfra.api import deploy
-from pyinfra.operations import files
+from pyinfra.operations import files, server
 
 from kca_stack import Stack
 from kca_stack.model import Model
@@ -23,11 +23,30 @@ from .util import local_artifact, remote_output, streamed_shell
 
 FETCHER = "/usr/local/sbin/kca-fetch-model"
 STANDIN_BUILDER_DIR = "/usr/local/lib/kca"
+# Read by every service user, written by kca alone.
+READABLE = "u+rwX,go+rX"
 
 
 def models_of_kind(stack: Stack, kinds: tuple[str, ...]) -> list[Model]:
     names = {m for s in stack.services.values() if s.kind in kinds for m in s.models}
     return [stack.models[n] for n in sorted(names)]
+
+
+def keep_readable(model: Model) -> list:
+    """Each service runs as its own user (service_users), not as the owner of /models: every model file
+    must be readable by all (models hold no secret). Converges a host where a file was written private."""
+    private = remote_output(
+        f"find {shlex.quote(model.dir)} \\( -type f ! -perm -o=r \\) -o \\( -type d ! -perm -o=rx \\)"
+        " 2>/dev/null | head -n 1"
+    )
+    if not private:
+        return []
+    return [
+        server.shell(
+            name=f"Make {model.dir} readable by the services",
+            commands=[f"chmod -R {READABLE} {shlex.quote(model.dir)}"],
+        )
+    ]
 
 
 def place_standin(stack: Stack, model: Model) -> list:
@@ -70,7 +89,7 @@ def place_standin(stack: Stack, model: Model) -> list:
             name=f"Build the stand-in {model.name} from {standin['base']} (deterministic)",
             commands=[
                 f"HF_HUB_OFFLINE=1 {python} {remote} --base {base} --out {model.dir}",
-                f"chown -R {stack.user.name}: {model.dir} && touch {marker}",
+                f"chown -R {stack.user.name}: {model.dir} && chmod -R {READABLE} {model.dir} && touch {marker}",
             ],
         )
     ]
@@ -100,7 +119,7 @@ def deploy_models(stack: Stack, kinds: tuple[str, ...]):
 
     if stack.use_model_standins:
         for model in wanted:
-            changes[model.name] = place_standin(stack, model)
+            changes[model.name] = [*place_standin(stack, model), *keep_readable(model)]
         return changes
 
     files.put(
@@ -120,7 +139,12 @@ def deploy_models(stack: Stack, kinds: tuple[str, ...]):
             changes[model.name].append(
                 streamed_shell(
                     name=f"Fetch {model.name} ({role_file.role}: {role_file.file or 'snapshot'})",
-                    commands=[command, f"chown -R {stack.user.name}: {shlex.quote(model.dir)}"],
+                    commands=[
+                        command,
+                        f"chown -R {stack.user.name}: {shlex.quote(model.dir)}",
+                        f"chmod -R {READABLE} {shlex.quote(model.dir)}",
+                    ],
                 )
             )
+        changes[model.name] += keep_readable(model)
     return changes
