@@ -15,11 +15,13 @@ from tasks import (
     dify,
     docker,
     firewall,
+    identities,
     llama_cpp,
     llm,
     models,
     nvidia,
     openwebui,
+    proxy,
     secrets,
     support,
     units,
@@ -42,7 +44,9 @@ if layers != LAYERS[: len(layers)]:
     )
     sys.exit(2)
 
-# 1. The base layer: user, /models, directory tree, packages, Python environment.
+# 1. The base layer: one identity per service (first: they own folders below), user, /models,
+#    directory tree, packages, Python environment.
+identities.deploy_identities(stack=stack)
 base.deploy_base(stack=stack)
 # Before the secret generator: a requested restore brings the secrets (and all state files) back first.
 backup.deploy_backup(stack=stack)
@@ -59,6 +63,8 @@ if "llm" in layers:
     vllm_changes = llm.deploy_vllm(stack=stack)
     llm_units = llm.deploy_llm_units(stack=stack)
     llm.install_switch(stack=stack)
+    # vLLM listens on loopback; its port is the authenticating proxy's.
+    proxy.deploy_auth_proxy(stack=stack)
 
     llm_changes = {
         name: units.restart_triggers(

@@ -24,7 +24,30 @@ gpu = {
 
 # --- Filesystem layout (document section 5) -------------------------------------------------------
 
-user = {"name": "kca", "home": "/home/kca", "shell": "/bin/bash"}
+# The operator's account: owns /models and the build trees, runs no service. Its uid is fixed so that
+# files keep their owner across a rebuild, and kept clear of container_uids (below).
+user = {"name": "kca", "uid": 2000, "home": "/home/kca", "shell": "/bin/bash"}
+
+# One identity per service unit: a system group and user of the same fixed id, no login shell, no
+# home. A service reads its own secret (LoadCredential) and nothing of another service's; with
+# ProtectProc=invisible it does not even see the other services' processes. Fixed ids, not
+# DynamicUser=: Docling writes its scratch folder under /models, which must keep its owner.
+service_users = {
+    "gpt-oss": {"name": "kca-gpt-oss", "uid": 2001},
+    "exaone": {"name": "kca-exaone", "uid": 2002},
+    "hyperclova": {"name": "kca-hyperclova", "uid": 2003},
+    "qwen3-vl": {"name": "kca-qwen3-vl", "uid": 2004},
+    "bge-embedding": {"name": "kca-bge-embedding", "uid": 2005},
+    "bge-reranker": {"name": "kca-bge-reranker", "uid": 2006},
+    "docling": {"name": "kca-docling", "uid": 2007},
+    # The authenticating reverse proxy in front of vLLM (auth_proxy below).
+    "llm-proxy": {"name": "kca-llm-proxy", "uid": 2008},
+}
+
+# Uids that containers' files carry on the host (bind-mounted volumes): a host account with one of
+# these ids would own those files. Dify's api, worker and web containers run as 1001 (so the common
+# "second account" id 1001 is out for kca); PostgreSQL (alpine) as 70, Redis (alpine) as 999.
+container_uids = {1001: "Dify api/worker/web", 70: "PostgreSQL (alpine)", 999: "Redis (alpine)"}
 
 paths = {
     # Every path in this file must lie under one of these roots (checked before the run).
@@ -41,6 +64,9 @@ paths = {
 # Directories the base layer creates. `manage: False` means "create if missing, never touch owner or
 # mode afterwards": the Docker volumes belong to the containers (PostgreSQL chowns its data folder).
 directories = [
+    # Traversable: the service users run llama-server and the embedding app from here (Ubuntu's
+    # useradd makes homes 0750).
+    {"path": "/home/kca", "owner": "kca", "mode": "0755"},
     {"path": "/home/kca/llama.cpp", "owner": "kca", "mode": "0755"},
     {"path": "/home/kca/openwebui", "owner": "kca", "mode": "0755"},
     {"path": "/home/kca/openwebui/data", "owner": "root", "mode": "0700", "manage": False},
@@ -58,7 +84,8 @@ directories = [
     {"path": "/models/venv", "owner": "root", "mode": "0755"},
     {"path": "/models/docling", "owner": "kca", "mode": "0755"},
     {"path": "/models/docling/artifacts", "owner": "kca", "mode": "0755"},
-    {"path": "/models/docling/scratch", "owner": "kca", "mode": "0700"},
+    # Docling writes here: its own service user owns it (service_users).
+    {"path": "/models/docling/scratch", "owner": "kca-docling", "mode": "0700"},
     {"path": "/opt/ai-platform", "owner": "root", "mode": "0755"},
     {"path": "/opt/ai-platform/dify-official", "owner": "root", "mode": "0755"},
     {"path": "/opt/ai-platform/dify-official/docker", "owner": "root", "mode": "0755"},
@@ -148,6 +175,9 @@ systemd_hardening = {
     "RestrictAddressFamilies": "AF_UNIX AF_INET AF_INET6 AF_NETLINK",
     "CapabilityBoundingSet": "",
     "UMask": "0077",
+    # Each service runs as its own user (service_users): it sees only its own processes in /proc, so
+    # another service's command line and environment (vLLM's and Docling's keys) stay out of sight.
+    "ProtectProc": "invisible",
 }
 
 # key: when it applies ("gpu" = the unit uses the GPU on this host, or a service kind).
@@ -281,7 +311,11 @@ services = {
         "unit": "vllm-hyperclova.service",
         "ports": [{"port": 8082, "protocol": "HTTP"}],
         "exposure": "external",
+        # 8082 is the authenticating proxy's (auth_proxy): vLLM's own API key guards only paths under
+        # /v1, so /invocations, /tokenize, /pooling, /score, /metrics... would answer anyone.
         "bind": "0.0.0.0",
+        # vLLM itself listens here, on loopback only, behind the proxy.
+        "backend": {"bind": "127.0.0.1", "port": 18082},
         "gpu": "large",
         # The document says ~29 GB; BF16 weights are ~29.5 GB (docs/sources.md). vLLM reserves
         # gpu_memory_utilization of the card, so the model uses that figure (0.95 x 32 = 30.4 GB).
@@ -791,14 +825,21 @@ vram_scenarios = {
 network = {
     "domain": "kca-ai.kro.kr",
     "docker_network": "ai-network",
+    # The Linux bridge of ai-network, named when the network is created (Docker's option
+    # com.docker.network.bridge.name; at most 15 characters): the firewall opens the internal ports
+    # to containers on this bridge only, not to every Docker network.
+    "docker_network_bridge": "br-ai-network",
     # Where containers come from when they reach host services (Docker's default address pools).
     "docker_subnets": ["172.16.0.0/12", "192.168.0.0/16"],
+    # Bridges whose containers may open connections out through the host (Docker's default bridge and
+    # every compose project's network): egress only, they reach no internal port.
+    "docker_egress_bridges": ["docker0", "br-*"],
     "ssh_port": 22,
 }
 
 # --- Secrets: generated on the host once, never committed, never printed ------------------------------
-# Each lives in paths.secrets, mode 0600 root; units get theirs through systemd's LoadCredential, so
-# only the service that names a secret can read it.
+# Each lives in paths.secrets, mode 0600 root; units get theirs through systemd's LoadCredential, and
+# each unit runs as its own user (service_users), so only the service that names a secret can read it.
 
 secrets = {
     "llm-api-key": {"bytes": 32},
@@ -818,7 +859,28 @@ secrets = {
 
 firewall = {
     # When enabled, internal services may bind the wildcard address: the firewall keeps them internal.
+    # It fails closed: every unit that listens beyond loopback (and Docker, which publishes ports)
+    # Requires= the firewall's unit, so none of them starts when the ruleset is missing or nft
+    # refuses it.
     "enabled": True,
+}
+
+# The authenticating reverse proxy (nginx from the OS) in front of each service that names a
+# `backend`: it listens on the service's port and address, answers 401 without the service's API key
+# (Authorization: Bearer) on every path but public_paths, and passes the rest to the backend. It stays
+# up while the backend is off (kca-gpu-switch): 401 first, then 503 with Retry-After.
+auth_proxy = {
+    "unit": "kca-llm-proxy.service",
+    # A key of service_users.
+    "user": "llm-proxy",
+    "package": "nginx",
+    "config": "/etc/kca/llm-proxy/nginx.conf",
+    "public_paths": ["/health"],
+    # Long generations stream for minutes: the proxy waits this long between two reads.
+    "read_timeout_s": 3600,
+    "max_body": "32m",
+    "worker_processes": 2,
+    "retry_after_s": 30,
 }
 
 # --- Docker engine, Open WebUI, Dify (document section 2.D) ------------------------------------------

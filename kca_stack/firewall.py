@@ -14,8 +14,12 @@ if TYPE_CHECKING:
     from .model import Stack
 
 TABLE = "kca_filter"
-# Docker's default bridge and the bridges of user-defined networks (compose projects, ai-network).
-DEFAULT_DOCKER_BRIDGES = ("docker0", "br-*")
+# Bridges whose containers may open connections out through the host: Docker's default bridge and the
+# bridges of user-defined networks (compose projects). Egress only: internal ports answer the one
+# named bridge of network.docker_network.
+DEFAULT_EGRESS_BRIDGES = ("docker0", "br-*")
+# Linux interface names are at most 15 characters (IFNAMSIZ - 1).
+MAX_INTERFACE_NAME = 15
 
 
 @dataclass(frozen=True)
@@ -65,8 +69,14 @@ def docker_subnets(stack: Stack) -> tuple[list[str], list[str]]:
     return v4, v6
 
 
-def docker_bridges(stack: Stack) -> list[str]:
-    return list(stack.network.get("docker_bridges", DEFAULT_DOCKER_BRIDGES))
+def internal_bridge(stack: Stack) -> str:
+    """The Linux bridge of the stack's Docker network (its name is pinned when the network is made):
+    the only interface, besides loopback, that reaches the internal ports."""
+    return stack.network["docker_network_bridge"]
+
+
+def egress_bridges(stack: Stack) -> list[str]:
+    return list(stack.network.get("docker_egress_bridges", DEFAULT_EGRESS_BRIDGES))
 
 
 def ruleset_context(stack: Stack) -> dict:
@@ -79,6 +89,7 @@ def ruleset_context(stack: Stack) -> dict:
         "internal_ports": internal_ports(stack),
         "docker_subnets_v4": v4,
         "docker_subnets_v6": v6,
-        "docker_bridges": docker_bridges(stack),
+        "internal_bridge": internal_bridge(stack),
+        "egress_bridges": egress_bridges(stack),
         "rows": port_rules(stack),
     }

@@ -20,6 +20,7 @@ from .model import (
     Problem,
     Scenario,
     Service,
+    ServiceUser,
     Stack,
     StackError,
     StateItem,
@@ -213,7 +214,15 @@ def build_stack(data: Mapping[str, Any], target: bool = False) -> Stack:
         name=r.get(raw_user, "name", "user", str, "kca"),
         home=r.get(raw_user, "home", "user", str, "/home/kca"),
         shell=r.get(raw_user, "shell", "user", str, "/bin/bash"),
+        uid=r.get(raw_user, "uid", "user", (int, type(None)), None),
     )
+    service_users = {
+        name: ServiceUser(
+            name=r.get(raw, "name", f"service_users.{name}", str, ""),
+            uid=r.get(raw, "uid", f"service_users.{name}", int, 0),
+        )
+        for name, raw in r.get(data, "service_users", "data", Mapping, {}).items()
+    }
 
     directories = tuple(
         Directory(
@@ -345,6 +354,9 @@ def build_stack(data: Mapping[str, Any], target: bool = False) -> Stack:
         backup=backup,
         # The inventory's ssh_port reaches host.data; unset means pyinfra's default.
         connection_port=int(data.get("ssh_port") or 22),
+        service_users=service_users,
+        container_uids=dict(r.get(data, "container_uids", "data", Mapping, {})),
+        auth_proxy=dict(r.get(data, "auth_proxy", "data", Mapping, {})),
     )
     problems = r.problems + validate(stack, target=target)
     if problems:

@@ -195,6 +195,15 @@ class User:
     name: str
     home: str
     shell: str
+    uid: int | None = None
+
+
+@dataclass(frozen=True)
+class ServiceUser:
+    """The system user (and group of the same name and id) one service unit runs as."""
+
+    name: str
+    uid: int
 
 
 @dataclass(frozen=True)
@@ -280,6 +289,11 @@ class Stack:
     backup: Backup | None = None
     # The port the deploy's SSH connection uses (the inventory's ssh_port; pyinfra's default is 22).
     connection_port: int = 22
+    # One identity per service unit (and for the authenticating proxy), by service name.
+    service_users: Mapping[str, ServiceUser] = field(default_factory=dict)
+    # uid -> what carries it in a container's volume: no host account may take one.
+    container_uids: Mapping[int, str] = field(default_factory=dict)
+    auth_proxy: Mapping[str, Any] = field(default_factory=dict)
 
     # --- derived views: computed, never stored twice -------------------------------------------------
 
@@ -347,7 +361,10 @@ class Stack:
 
     def hardening_of(self, service: Service) -> list[tuple[str, str, str]]:
         """(key, value, why-relaxed) for the unit: the baseline with the relaxations that apply."""
-        applies = [service.kind] + (["gpu"] if self.unit_needs_gpu(service) else [])
+        return self.hardening_for([service.kind] + (["gpu"] if self.unit_needs_gpu(service) else []))
+
+    def hardening_for(self, applies: list[str]) -> list[tuple[str, str, str]]:
+        """The baseline with the relaxations of each key in `applies` (a kind, "gpu", "auth-proxy")."""
         reasons: dict[str, tuple[str, str]] = {}
         for key in applies:
             for setting, (value, why) in self.systemd_relaxations.get(key, {}).items():
@@ -356,6 +373,21 @@ class Stack:
             (key, reasons[key][0] if key in reasons else value, reasons[key][1] if key in reasons else "")
             for key, value in self.systemd_hardening.items()
         ]
+
+    def user_of(self, service: Service) -> ServiceUser:
+        return self.service_users[service.name]
+
+    def proxied_services(self) -> list[Service]:
+        """Services whose port is the authenticating proxy's: the service itself listens on its
+        `backend` address and port (loopback)."""
+        return [s for s in self.systemd_services() if s.settings.get("backend")]
+
+    def listen_address(self, service: Service) -> tuple[str, int | None]:
+        """Where the service's own process listens: its backend for a proxied one, else its port."""
+        backend = service.settings.get("backend")
+        if backend:
+            return backend["bind"], backend["port"]
+        return service.bind, service.port
 
     def llama_server_settings(self, service: Service) -> dict[str, Any]:
         return {**service.settings.get("llama_server", {}), **self.llama_server_overrides}

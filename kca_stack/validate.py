@@ -74,6 +74,10 @@ def check_ports(stack: Stack) -> list[Problem]:
                         Problem(f"{where}.{label}", f"{number} is outside 1-65535", "pick a port in 1-65535")
                     )
             owners[port.number].append(f"services.{s.name}")
+        backend = s.settings.get("backend")
+        if backend is not None:
+            # The service's own process listens there, behind the proxy that holds its port.
+            owners[backend.get("port")].append(f"services.{s.name}.backend")
     for number, claimants in sorted(owners.items()):
         if len(claimants) > 1:
             problems.append(
@@ -314,6 +318,94 @@ def check_docker(stack: Stack) -> list[Problem]:
                 Problem(f"openwebui.{key}", f"refers to the unknown service {name!r}", "use a name from services")
             )
     return problems
+
+
+def check_identities(stack: Stack) -> list[Problem]:
+    """One identity per service unit (and the proxy): every unit has one, no two share a name or an id,
+    and none takes kca's id or an id that containers' files carry on the host."""
+    problems = []
+    for s in stack.systemd_services():
+        if s.name not in stack.service_users:
+            problems.append(
+                Problem(
+                    "service_users",
+                    f"the unit of services.{s.name} has no identity of its own",
+                    f"add service_users.{s.name} with a name and a fixed uid",
+                )
+            )
+    if stack.proxied_services():
+        proxy_user = stack.auth_proxy.get("user")
+        if proxy_user not in stack.service_users:
+            problems.append(
+                Problem("auth_proxy.user", f"{proxy_user!r} is not a key of service_users", "name one of them")
+            )
+    for s in stack.proxied_services():
+        backend = s.settings["backend"]
+        if not ipaddress.ip_address(backend.get("bind", "0.0.0.0")).is_loopback:
+            problems.append(
+                Problem(
+                    f"services.{s.name}.backend.bind",
+                    f"{backend.get('bind')} is not loopback: the backend would answer without the proxy's check",
+                    "bind the backend to 127.0.0.1",
+                )
+            )
+        if not s.settings.get("api_key_secret"):
+            problems.append(
+                Problem(
+                    f"services.{s.name}.api_key_secret",
+                    "a service behind the authenticating proxy needs the key the proxy checks",
+                    "name a secret",
+                )
+            )
+    claims: dict[object, list[str]] = defaultdict(list)
+    claims[("name", stack.user.name)].append("user")
+    if stack.user.uid is not None:
+        claims[("uid", stack.user.uid)].append("user")
+    for key, identity in stack.service_users.items():
+        claims[("name", identity.name)].append(f"service_users.{key}")
+        claims[("uid", identity.uid)].append(f"service_users.{key}")
+    for (kind, value), holders in sorted(claims.items(), key=str):
+        if len(holders) > 1:
+            problems.append(
+                Problem(
+                    f"{holders[1]}.{kind}",
+                    f"{kind} {value} is also {holders[0]}'s",
+                    f"give {holders[1]} another {kind}",
+                )
+            )
+        if kind == "uid" and value in stack.container_uids:
+            problems.append(
+                Problem(
+                    f"{holders[0]}.uid",
+                    f"uid {value} is the one {stack.container_uids[value]} files carry on the host",
+                    "pick an id that no container uses",
+                )
+            )
+    return problems
+
+
+def check_network(stack: Stack) -> list[Problem]:
+    """The Docker network's bridge has a name the firewall can match exactly."""
+    from .firewall import MAX_INTERFACE_NAME
+
+    bridge = stack.network.get("docker_network_bridge")
+    if not isinstance(bridge, str) or not bridge:
+        return [
+            Problem(
+                "network.docker_network_bridge",
+                "is missing: the firewall opens the internal ports to this bridge only",
+                "name the bridge of network.docker_network, e.g. 'br-ai-network'",
+            )
+        ]
+    if len(bridge) > MAX_INTERFACE_NAME or not all(c.isalnum() or c in "-_." for c in bridge):
+        return [
+            Problem(
+                "network.docker_network_bridge",
+                f"{bridge!r} is not a Linux interface name (at most {MAX_INTERFACE_NAME} letters, digits, - _ .)",
+                "pick a shorter plain name",
+            )
+        ]
+    return []
 
 
 # Which captures give a consistent copy of which kind of state.
@@ -649,6 +741,8 @@ CHECKS = (
     check_nvidia,
     check_state,
     check_backup,
+    check_identities,
+    check_network,
 )
 
 # What a deploy needs of its target beyond consistent data: the connection's port and where /models

@@ -58,6 +58,7 @@ def deploy_base(stack: Stack) -> None:
     server.user(
         name=f"Create the {stack.user.name} user",
         user=stack.user.name,
+        uid=stack.user.uid,
         home=stack.user.home,
         shell=stack.user.shell,
         create_home=True,

@@ -25,6 +25,7 @@ COMPOSE_STATE = "/usr/local/sbin/kca-compose-state"
 DAEMON_JSON = "/etc/docker/daemon.json"
 SECRET_TEMPLATES = "/etc/kca/templates"
 JINJA = {"trim_blocks": True, "lstrip_blocks": True}
+BRIDGE_NAME_OPTION = "com.docker.network.bridge.name"
 
 
 # Docker Compose v2 on every host: the plugin from Docker's repository, or the same release from
@@ -84,14 +85,27 @@ def deploy_docker(stack: Stack):
     )
 
     network = stack.network["docker_network"]
-    present = remote_output(f"docker network inspect {shlex.quote(network)} >/dev/null 2>&1 && echo yes || true")
-    if present != "yes":
+    bridge = stack.network["docker_network_bridge"]
+    # The bridge's name is fixed at creation (the firewall opens the internal ports to it alone) and
+    # cannot be changed on a network that exists: a network made without it is named, never replaced.
+    found = remote_output(
+        f"docker network inspect -f '{{{{index .Options \"{BRIDGE_NAME_OPTION}\"}}}}' {shlex.quote(network)}"
+        " 2>/dev/null || echo absent"
+    )
+    if found not in ("absent", bridge):
+        raise SystemExit(
+            f"{host.name}: the Docker network {network} exists with bridge {found or 'br-<id>'}, the data says "
+            f"{bridge}; the firewall would keep its containers from the internal ports. Nothing was changed. Fix: "
+            f"stop the projects on it (docker compose -p openwebui down), `docker network rm {network}`, deploy again."
+        )
+    if found == "absent":
         server.shell(
-            name=f"Create the Docker network {network}",
+            name=f"Create the Docker network {network} (bridge {bridge})",
             # Guarded again on the host: the fact was read before Docker was installed on a new host.
             commands=[
                 f"docker network inspect {shlex.quote(network)} >/dev/null 2>&1"
-                f" || docker network create --driver bridge {shlex.quote(network)}"
+                f" || docker network create --driver bridge -o {BRIDGE_NAME_OPTION}={shlex.quote(bridge)}"
+                f" {shlex.quote(network)}"
             ],
         )
 

@@ -18,6 +18,8 @@ SOURCE = "tasks/firewall.py"
 RULESET = "/etc/kca/firewall.nft"
 STAGED = "/etc/kca/firewall.nft.staged"
 UNIT = "kca-firewall.service"
+DOCKER_DROPIN = "docker.service.d/kca-firewall.conf"
+DOCKER_DROPIN_TEMPLATE = "docker.service.d/kca-firewall.conf.j2"
 JINJA = {"trim_blocks": True, "lstrip_blocks": True}
 
 
@@ -52,6 +54,7 @@ def deploy_firewall(stack: Stack) -> None:
     else:
         server.shell(name="Check and load the firewall ruleset (changed)", commands=commands, _if=staged.did_change)
 
+    files.directory(name="Create docker.service's drop-in folder", path="/etc/systemd/system/docker.service.d")
     unit = files.template(
         name=f"Install {UNIT}",
         src=f"templates/etc/systemd/system/{UNIT}.j2",
@@ -61,7 +64,17 @@ def deploy_firewall(stack: Stack) -> None:
         table=TABLE,
         ruleset=RULESET,
     )
-    systemd.daemon_reload(name="Reload systemd units", _if=unit.did_change)
+    # Docker publishes ports on every address: it starts only with the firewall, as the services do
+    # (their units carry Requires= themselves). A drop-in, so it holds whichever package ships docker.
+    docker_dropin = files.template(
+        name=f"Make docker.service require {UNIT}",
+        src=f"templates/etc/systemd/system/{DOCKER_DROPIN_TEMPLATE}",
+        dest=f"/etc/systemd/system/{DOCKER_DROPIN}",
+        mode="0644",
+        source=SOURCE,
+        firewall_unit=UNIT,
+    )
+    systemd.daemon_reload(name="Reload systemd units", _if=lambda: unit.did_change() or docker_dropin.did_change())
     # Enabled for the next boot; already active after the load above (a first start loads it again,
     # which is harmless: the file replaces only its own table).
     systemd.service(name=f"Enable {UNIT}", service=UNIT, enabled=True, running=True)

@@ -75,14 +75,17 @@ def vllm_spec(stack: Stack, service: Service) -> UnitSpec:
     venv = stack.venvs[stack.vllm["venv"]].path
     options = service.settings.get("vllm", {})
     model = stack.models[service.models[0]]
+    # Behind the authenticating proxy (tasks/proxy.py), which holds the service's port: vLLM itself
+    # listens on loopback only.
+    bind, port = stack.listen_address(service)
     argv = [
         f"{venv}/bin/vllm",
         "serve",
         model.dir,
         "--host",
-        service.bind,
+        bind,
         "--port",
-        str(service.port),
+        str(port),
         "--served-model-name",
         options.get("served_model_name", service.name),
         "--trust-remote-code",
@@ -99,7 +102,8 @@ def vllm_spec(stack: Stack, service: Service) -> UnitSpec:
     command = " ".join(shlex.quote(a) for a in argv)
     secret = service.settings.get("api_key_secret")
     if secret:
-        # vLLM takes its key from the environment, not a file: read the credential at start.
+        # vLLM takes its key from the environment, not a file: read the credential at start. It checks
+        # only paths under /v1; the proxy checks every path, this one stays as a second lock.
         command = f'VLLM_API_KEY="$(cat "$CREDENTIALS_DIRECTORY/{secret}")" exec {command}'
     else:
         command = f"exec {command}"

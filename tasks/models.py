@@ -23,11 +23,30 @@ from .util import local_artifact, remote_output, streamed_shell
 
 FETCHER = "/usr/local/sbin/kca-fetch-model"
 STANDIN_BUILDER_DIR = "/usr/local/lib/kca"
+# Read by every service user, written by kca alone.
+READABLE = "u+rwX,go+rX"
 
 
 def models_of_kind(stack: Stack, kinds: tuple[str, ...]) -> list[Model]:
     names = {m for s in stack.services.values() if s.kind in kinds for m in s.models}
     return [stack.models[n] for n in sorted(names)]
+
+
+def keep_readable(model: Model) -> list:
+    """Each service runs as its own user (service_users), not as the owner of /models: every model file
+    must be readable by all (models hold no secret). Converges a host where a file was written private."""
+    private = remote_output(
+        f"find {shlex.quote(model.dir)} \\( -type f ! -perm -o=r \\) -o \\( -type d ! -perm -o=rx \\)"
+        " 2>/dev/null | head -n 1"
+    )
+    if not private:
+        return []
+    return [
+        server.shell(
+            name=f"Make {model.dir} readable by the services",
+            commands=[f"chmod -R {READABLE} {shlex.quote(model.dir)}"],
+        )
+    ]
 
 
 def place_standin(stack: Stack, model: Model) -> list:
@@ -71,7 +90,7 @@ def place_standin(stack: Stack, model: Model) -> list:
             name=f"Build the stand-in {model.name} from {standin['base']} (deterministic)",
             commands=[
                 f"cd {stack.user.home} && HF_HUB_OFFLINE=1 {python} {remote} --base {base} --out {model.dir}",
-                f"touch {marker}",
+                f"chmod -R {READABLE} {model.dir} && touch {marker}",
             ],
             _sudo=True,
             _sudo_user=stack.user.name,
@@ -117,7 +136,7 @@ def deploy_models(stack: Stack, kinds: tuple[str, ...]):
     if stack.use_model_standins:
         for model in wanted:
             give_to_owner(stack, model.dir)
-            changes[model.name] = place_standin(stack, model)
+            changes[model.name] = [*place_standin(stack, model), *keep_readable(model)]
         return changes
 
     files.put(
@@ -143,9 +162,10 @@ def deploy_models(stack: Stack, kinds: tuple[str, ...]):
             changes[model.name].append(
                 streamed_shell(
                     name=f"Fetch {model.name} ({role_file.role}: {role_file.file or 'snapshot'})",
-                    commands=[command],
+                    commands=[command, f"chmod -R {READABLE} {shlex.quote(model.dir)}"],
                     _sudo=True,
                     _sudo_user=owner,
                 )
             )
+        changes[model.name] += keep_readable(model)
     return changes

@@ -24,6 +24,12 @@ def venv_python(stack: Stack, service: Service) -> str:
     return f"{stack.venvs[service.settings['venv']].path}/bin/python"
 
 
+def cache_directory(service: Service) -> str:
+    """Each service's own cache folder: systemd gives it to the unit's user, so two services that run
+    as different users cannot share one."""
+    return f"kca-{service.name}"
+
+
 def fastapi_spec(stack: Stack, service: Service) -> UnitSpec:
     s = service.settings
     model = stack.models[service.models[0]]
@@ -39,13 +45,13 @@ def fastapi_spec(stack: Stack, service: Service) -> UnitSpec:
         ("KCA_MAX_BODY_BYTES", str(limits.get("max_body_bytes", 8388608))),
         # The model is on disk already: a hub lookup could only slow the start down or fail.
         ("HF_HUB_OFFLINE", "1"),
-        ("HF_HOME", "%C/kca-support/huggingface"),
+        ("HF_HOME", f"%C/{cache_directory(service)}/huggingface"),
     ]
     argv = [venv_python(stack, service), s["app"]["dest"], "--host", service.bind, "--port", str(service.port)]
     return UnitSpec(
         exec_start=systemd_command_line(argv),
         environment=environment,
-        extra_directives=["CacheDirectory=kca-support"],
+        extra_directives=[f"CacheDirectory={cache_directory(service)}"],
     )
 
 

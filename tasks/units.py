@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 
 from pyinfra.operations import files, server, systemd
@@ -9,6 +10,7 @@ from pyinfra.operations import files, server, systemd
 from kca_stack import Service, Stack
 
 from .base import mounts_needed_by
+from .firewall import UNIT as FIREWALL_UNIT
 
 UNIT_TEMPLATE = "templates/etc/systemd/system/kca-service.service.j2"
 JINJA = {"trim_blocks": True, "lstrip_blocks": True}
@@ -38,6 +40,14 @@ def conditions_of(stack: Stack, service: Service) -> list[str]:
     return conditions
 
 
+def firewall_unit_of(stack: Stack, service: Service) -> str | None:
+    """The firewall's unit, for a service that listens beyond loopback while the firewall is on."""
+    bind, _ = stack.listen_address(service)
+    if not stack.firewall.get("enabled", False) or ipaddress.ip_address(bind).is_loopback:
+        return None
+    return FIREWALL_UNIT
+
+
 def unit_context(stack: Stack, service: Service, spec: UnitSpec, source: str) -> dict:
     """Everything the unit template needs: the data of one service, computed here, not in Jinja."""
     return {
@@ -50,9 +60,11 @@ def unit_context(stack: Stack, service: Service, spec: UnitSpec, source: str) ->
         "conditions": conditions_of(stack, service),
         # The models disk, when the service reads from it: without the disk, the unit fails cleanly.
         "requires_mounts_for": mounts_needed_by(stack, service),
+        "listen": "{}:{}".format(*stack.listen_address(service)),
+        "firewall_unit": firewall_unit_of(stack, service),
         "conflicts": [other.unit for other in stack.conflicts_of(service)],
         # Not `user`: files.template takes that as the file's owner.
-        "service_user": stack.user.name,
+        "service_user": stack.user_of(service).name,
         "environment": spec.environment,
         "credentials": credentials_of(stack, service),
         "exec_start": spec.exec_start,

@@ -17,7 +17,9 @@ from kca_stack.data import group_data
 from kca_stack.firewall import (
     TABLE,
     docker_published_internal_ports,
+    egress_bridges,
     external_ports,
+    internal_bridge,
     internal_ports,
     ruleset_context,
 )
@@ -91,15 +93,40 @@ def test_established_and_ssh_come_first(stack):
     ssh = next(i for i, r in enumerate(rules) if r.startswith(f"tcp dport {stack.network['ssh_port']} accept"))
     external = next(i for i, r in enumerate(rules) if "@external_tcp" in r)
     assert ssh < external
-    # Internal ports: only from a Docker bridge AND a Docker subnet.
+
+
+def test_internal_ports_only_from_the_named_bridge_of_the_docker_network(stack):
+    rules = chain(render(stack), "input")
     internal = [r for r in rules if "@internal_tcp" in r]
-    assert internal and all(r.startswith("iifname ") and "saddr @docker_v" in r for r in internal)
+    bridge = internal_bridge(stack)
+    assert bridge == stack.network["docker_network_bridge"] and "*" not in bridge
+    # Exactly one rule per address family, each naming the bridge AND a Docker subnet.
+    assert internal == [
+        f'iifname "{bridge}" ip saddr @docker_v4 tcp dport @internal_tcp accept',
+        f'iifname "{bridge}" ip6 saddr @docker_v6 tcp dport @internal_tcp accept',
+    ]
+    assert not any("br-*" in r or "docker0" in r for r in rules)
 
 
-def test_forward_guard_matches_the_original_port(stack):
+def test_ipv6_lets_dhcpv6_replies_and_mld_queries_in(stack):
+    rules = chain(render(stack), "input")
+    assert "ip6 saddr fe80::/10 icmpv6 type mld-listener-query accept" in rules
+    assert any(r.startswith("ip6 saddr fe80::/10 udp sport 547 udp dport 546 accept") for r in rules)
+    # Before the final counter: nothing after it accepts.
+    assert rules[-1].startswith("counter")
+
+
+def test_forward_accepts_only_dnat_to_external_ports_from_outside(stack):
     rules = chain(render(stack), "forward")
-    assert "meta l4proto tcp ct original proto-dst @external_tcp accept" in " ".join(rules)
-    assert rules[-1].startswith("counter drop")
+    assert rules[1] == "ct state established,related accept"
+    outside = [r for r in rules[2:] if not r.startswith("iifname ")]
+    # The one accept for traffic from outside the Docker bridges: DNATed by Docker from an external port.
+    assert outside == [
+        'meta l4proto tcp ct status dnat ct original proto-dst @external_tcp accept comment "published external ports"',
+        'counter drop comment "dropped forward to unpublished or internal ports"',
+    ]
+    egress = [r for r in rules[2:] if r.startswith("iifname ")]
+    assert egress == [f'iifname "{b}" accept' for b in egress_bridges(stack)]
 
 
 @pytest.mark.skipif(shutil.which("nft") is None, reason="nft is not installed (apt-get install nftables)")

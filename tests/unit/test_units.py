@@ -3,6 +3,7 @@ the GPU rule as Conflicts=, the GPU condition, hardening with every relaxation e
 
 from __future__ import annotations
 
+import ipaddress
 import shlex
 
 import jinja2
@@ -48,8 +49,44 @@ def test_every_unit_listens_where_the_data_says(stack):
         exec_start = directives(render(stack, service))["ExecStart"][0]
         argv = shlex.split(exec_start.replace("$$", "$"))
         joined = " ".join(argv)
-        assert f"--port {service.port}" in joined, (service.name, exec_start)
-        assert f"--host {service.bind}" in joined, (service.name, exec_start)
+        bind, port = stack.listen_address(service)
+        assert f"--port {port}" in joined, (service.name, exec_start)
+        assert f"--host {bind}" in joined, (service.name, exec_start)
+
+
+def test_vllm_listens_on_loopback_behind_the_proxy(stack):
+    hyperclova = stack.services["hyperclova"]
+    assert hyperclova in stack.proxied_services()
+    bind, port = stack.listen_address(hyperclova)
+    assert ipaddress.ip_address(bind).is_loopback
+    # The port map is unchanged: 8082 is external, and it is the proxy's.
+    assert hyperclova.port == 8082 and hyperclova.exposure == "external" and port != hyperclova.port
+
+
+def test_units_beyond_loopback_require_the_firewall(stack):
+    for service in stack.systemd_services():
+        found = directives(render(stack, service))
+        bind, _ = stack.listen_address(service)
+        beyond_loopback = not ipaddress.ip_address(bind).is_loopback
+        assert ("kca-firewall.service" in found.get("Requires", [])) == beyond_loopback, service.name
+        assert ("kca-firewall.service" in found.get("After", [])) == beyond_loopback, service.name
+    # The internal services on the wildcard address are the reason: they must be among them.
+    assert "kca-firewall.service" in directives(render(stack, stack.services["bge-embedding"]))["Requires"]
+
+
+def test_one_identity_per_unit(stack):
+    users = {}
+    for service in stack.systemd_services():
+        found = directives(render(stack, service))
+        assert found["User"] == found["Group"] == [stack.service_users[service.name].name], service.name
+        assert found["ProtectProc"] == ["invisible"], service.name
+        users[service.name] = found["User"][0]
+    assert len(set(users.values())) == len(users), users
+    assert stack.user.name not in users.values()
+    uids = [u.uid for u in stack.service_users.values()] + [stack.user.uid]
+    assert len(set(uids)) == len(uids)
+    # Dify's containers write their volumes as 1001: no host account may be 1001.
+    assert 1001 in stack.container_uids and 1001 not in uids
 
 
 def test_conflicts_and_gpu_condition(stack):
