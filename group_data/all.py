@@ -987,6 +987,14 @@ dify = {
     # developers where to connect): set back to the number when the variable carries a bind address.
     "port_var_readers": {"EXPOSE_PLUGIN_DEBUGGING_PORT": [["api", "PLUGIN_REMOTE_INSTALL_PORT"]]},
     "environment": {"DB_USERNAME": "postgres", "DB_DATABASE": "dify"},
+    # The services that call the host's model services (the LLMs, embeddings, reranker, Docling) as
+    # Dify's model providers: joined to ai-network, whose bridge is the one the firewall opens the
+    # internal ports to, with host.docker.internal resolving to the host. Their upstream networks stay.
+    "host_service_clients": {
+        "api": ["default", "ssrf_proxy_network"],
+        "worker": ["default", "ssrf_proxy_network"],
+        "plugin_daemon": ["default"],
+    },
     # Settings that must hold one secret, as compose resolves upstream's file with the override and
     # .env (SERVICE.VARIABLE, SERVICE.VARIABLE:password inside a URL, SERVICE.command:FLAG). Checked
     # on the host before any `compose up` (kca-compose-secrets); a mismatch stops the deploy.

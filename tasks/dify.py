@@ -68,12 +68,18 @@ def expected_published(stack: Stack) -> list[tuple[str, str, int, int]]:
 
 def override_services(stack: Stack) -> list[dict]:
     """Ports upstream does not publish itself go in the override; a port variable upstream also
-    reads as a plain port (the API's plugin install port) is set back to the plain number there."""
+    reads as a plain port (the API's plugin install port) is set back to the plain number there; the
+    services that call the host's model services join ai-network (listing their upstream networks too:
+    a service that names networks leaves the implicit default one)."""
     rows: dict[str, dict] = {}
     for s in services(stack):
         for p in s.ports:
             if upstream_port_var(stack, s, p) is None:
                 rows.setdefault(compose_name(s), {"ports": [], "environment": []})["ports"].append(port_spec(s, p))
+    for name, upstream_networks in stack.dify["host_service_clients"].items():
+        row = rows.setdefault(name, {"ports": [], "environment": []})
+        row["networks"] = [*upstream_networks, stack.network["docker_network"]]
+        row["extra_hosts"] = ["host.docker.internal:host-gateway"]
     values = dict(port_vars(stack))
     for var, readers in stack.dify.get("port_var_readers", {}).items():
         if var in values:
@@ -121,7 +127,12 @@ def secrets_rules(stack: Stack) -> dict:
 
 
 def override_context(stack: Stack) -> dict:
-    return {"source": SOURCE, "tag": stack.dify["tag"], "services": override_services(stack)}
+    return {
+        "source": SOURCE,
+        "tag": stack.dify["tag"],
+        "services": override_services(stack),
+        "network": stack.network["docker_network"],
+    }
 
 
 def archive_name(stack: Stack) -> str:

@@ -79,12 +79,14 @@ x-shared-env: &shared
 services:
   api:
     image: langgenius/dify-api
+    networks: [ssrf_proxy_network, default]
     environment:
       <<: *shared
       PLUGIN_REMOTE_INSTALL_PORT: ${EXPOSE_PLUGIN_DEBUGGING_PORT:-5003}
       INNER_API_KEY_FOR_PLUGIN: ${PLUGIN_DIFY_INNER_API_KEY:-QaHbTe77CtuXmsfyhR7+vRjI/+XbV1AaFy691iy+kGDv2Jvy0/eAh8Y1}
   worker:
     image: langgenius/dify-api
+    networks: [ssrf_proxy_network, default]
     environment:
       <<: *shared
       INNER_API_KEY_FOR_PLUGIN: ${PLUGIN_DIFY_INNER_API_KEY:-QaHbTe77CtuXmsfyhR7+vRjI/+XbV1AaFy691iy+kGDv2Jvy0/eAh8Y1}
@@ -122,6 +124,9 @@ services:
     environment:
       AUTHENTICATION_APIKEY_ALLOWED_KEYS: >-
         ${WEAVIATE_AUTHENTICATION_APIKEY_ALLOWED_KEYS:-WVF5YThaHlkYwhGUSmCRgsX3tD5ngdN8pkih}
+networks:
+  ssrf_proxy_network: {driver: bridge, internal: true}
+  default: {driver: bridge}
 """
 
 
@@ -345,6 +350,18 @@ def test_secrets_check_names_what_disagrees(stack, secrets_dir, tmp_path, droppe
     done = secrets_check(stack, dify_project(stack, secrets_dir, tmp_path, drop=(dropped,)), tmp_path)
     assert done.returncode == 1
     assert named in done.stderr
+
+
+def test_dify_model_provider_clients_reach_the_host_services(stack, secrets_dir, tmp_path):
+    """api, worker and the plugin daemon call the host's LLM, embedding and reranker services: they
+    join ai-network (the bridge the firewall opens the internal ports to) and keep their own."""
+    services = dify_project(stack, secrets_dir, tmp_path)["services"]
+    network = stack.network["docker_network"]
+    for name, upstream in stack.dify["host_service_clients"].items():
+        assert set(services[name]["networks"]) == {*upstream, network}, name
+        assert "host.docker.internal=host-gateway" in services[name]["extra_hosts"] or (
+            "host.docker.internal:host-gateway" in services[name]["extra_hosts"]
+        ), services[name]["extra_hosts"]
 
 
 def test_dify_web_entry_calls_the_api_through_nginx(stack, secrets_dir, tmp_path):
