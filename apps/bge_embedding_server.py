@@ -33,7 +33,6 @@ Every error is a JSON body {"error": {"message", "type"}} with a 4xx/5xx status.
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import time
 from typing import Any
@@ -41,8 +40,7 @@ from typing import Any
 import kca_service_common
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse
 from kca_service_common import ApiError, Settings
 
 log = logging.getLogger("bge_embedding_server")
@@ -86,6 +84,7 @@ class Embedder(kca_service_common.ModelHolder):
     def __init__(self, settings: Settings):
         super().__init__(settings, "embedding")
         self.dimension = 0
+        self.threads = 0
         self.tokenizer: Any = None
         self.pad_id = 0
         self._torch: Any = None
@@ -110,6 +109,7 @@ class Embedder(kca_service_common.ModelHolder):
         self.tokenizer.enable_truncation(min(self.settings.max_text_tokens, model.max_seq_length))
         self.tokenizer.no_padding()
         self.pad_id = model.tokenizer.pad_token_id or 0
+        self.threads = torch.get_num_threads()  # OMP_NUM_THREADS from the unit
         self._torch = torch
         self.model = model
         log.info(
@@ -141,36 +141,37 @@ class Embedder(kca_service_common.ModelHolder):
 # --- the app ----------------------------------------------------------------------------------
 
 
-def encode_vector(vector: np.ndarray, encoding_format: str) -> list[float] | str:
+def encode_vector(vector: np.ndarray, encoding_format: str) -> np.ndarray | str:
     if encoding_format == "base64":
         # Same as OpenAI: little-endian float32 bytes, base64-encoded.
         return base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
-    return vector.tolist()
+    return vector  # float32; orjson writes each value's shortest exact form
 
 
-def response_body(vectors: list[np.ndarray], encoding_format: str, model_name: str, tokens: int) -> bytes:
+def response_body(vectors: list[np.ndarray], encoding_format: str, model_name: str, tokens: int) -> dict[str, Any]:
     data = [
         {"object": "embedding", "index": i, "embedding": encode_vector(v, encoding_format)}
         for i, v in enumerate(vectors)
     ]
-    body = {
+    return {
         "object": "list",
         "data": data,
         "model": model_name,
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
     }
-    return json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
 
 
 def create_app(settings: Settings) -> FastAPI:
     embedder = Embedder(settings)
-    app = kca_service_common.create_base_app(
-        "bge-embedding-server", settings, embedder, log, health_extra=lambda: {"dimension": embedder.dimension}
-    )
+
+    def health_extra() -> dict[str, int]:
+        return {"dimension": embedder.dimension, "threads": embedder.threads}
+
+    app = kca_service_common.create_base_app("bge-embedding-server", settings, embedder, log, health_extra)
     app.state.embedder = embedder
 
     @app.post("/v1/embeddings")
-    async def embeddings(request: Request) -> Response:
+    async def embeddings(request: Request) -> JSONResponse:
         with kca_service_common.admit(embedder) as admission:
             body = await kca_service_common.read_json_body(request, settings.max_body_bytes, settings.body_timeout_s)
             texts = parse_texts(body.get("input"), settings)
@@ -185,11 +186,11 @@ def create_app(settings: Settings) -> FastAPI:
                 raise ApiError(400, f"'dimensions' can only be {embedder.dimension} for this model")
 
             vectors, tokens = await kca_service_common.run_admitted(
-                admission, embedder, lambda: embedder.tokenize(texts)
+                admission, embedder, lambda: embedder.tokenize(texts), sum(len(t) for t in texts)
             )
-            # Encoding hundreds of vectors takes a while: off the event loop, like the tokenizing.
-            content = await run_in_threadpool(response_body, vectors, encoding_format, settings.model_name, tokens)
-        return Response(content=content, media_type="application/json")
+            body = response_body(vectors, encoding_format, settings.model_name, tokens)
+        # orjson encodes even 256 x 1024 floats in milliseconds: no need to leave the event loop.
+        return kca_service_common.FastJSONResponse(body)
 
     return app
 

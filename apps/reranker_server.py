@@ -163,7 +163,10 @@ def create_app(settings: Settings) -> FastAPI:
             kca_service_common.check_model_and_ready(body, reranker)
 
             scores, tokens = await kca_service_common.run_admitted(
-                admission, reranker, lambda: reranker.tokenize(query, documents)
+                admission,
+                reranker,
+                lambda: reranker.tokenize(query, documents),
+                len(query) * len(documents) + sum(len(d) for d in documents),
             )
         # Stable sort: equal scores keep the order the caller sent.
         order = sorted(range(len(documents)), key=lambda i: -scores[i])[:top_n]
@@ -173,7 +176,7 @@ def create_app(settings: Settings) -> FastAPI:
             if return_documents:
                 result["document"] = {"text": documents[i]}
             results.append(result)
-        return JSONResponse(
+        return kca_service_common.FastJSONResponse(
             content={
                 "model": settings.model_name,
                 "results": results,

@@ -330,6 +330,10 @@ services = {
         # scores; the eager fallback would add 64 B x batch_tokens x L = 4 GiB. One pass runs at a
         # time and each holds at most batch_tokens padded tokens, whatever the requests hold: no
         # request can take more than this. The per-request caps bound time and host memory.
+        # CPU threads of the forward pass (OMP_NUM_THREADS). One: on the GPU the CPU only feeds it, and on
+        # the 2-core test host a second thread spins against tokenizing, HTTP and the other services
+        # (measured there: single-request median 40 ms with 1 thread, 700 ms with 2, under load).
+        "threads": 1,
         "batching": {
             # Padded tokens per pass: the VRAM term above; one text of BGE-M3's full 8192 tokens fits
             # one pass, and on the CPU test host a full pass stays under a second.
@@ -386,6 +390,7 @@ services = {
         # Load settings: as bge-embedding's, and the same VRAM sum (same model body; a pair is cut
         # longest-first to max_text_tokens as one text is). Rerank requests are smaller (a query and
         # tens of passages), so they batch across clients as embedding requests do.
+        "threads": 1,
         "batching": {"batch_tokens": 8192, "wait_ms": 2, "max_queued_requests": 64},
         "limits": {
             "max_items": 256,

@@ -297,8 +297,10 @@ def check_docker(stack: Stack) -> list[Problem]:
     return problems
 
 
-# The load settings of the FastAPI model servers (apps/): (section, key, smallest, largest, why the bound).
+# The load settings of the FastAPI model servers (apps/): (section or None for the service itself, key,
+# smallest, largest, what it is).
 SUPPORT_LOAD_FIELDS = (
+    (None, "threads", 1, 256, "CPU threads of the forward pass"),
     ("batching", "batch_tokens", 1, 1 << 20, "tokens in one forward pass"),
     ("batching", "wait_ms", 0, 100, "a short wait in ms: single requests must not pay for batching"),
     ("batching", "max_queued_requests", 1, 4096, "requests admitted at once"),
@@ -321,8 +323,8 @@ def check_support_load(stack: Stack) -> list[Problem]:
     for s in stack.services_of_kind("fastapi"):
         values = {}
         for section, key, smallest, largest, meaning in SUPPORT_LOAD_FIELDS:
-            field = f"services.{s.name}.{section}.{key}"
-            value = (s.settings.get(section) or {}).get(key)
+            field = f"services.{s.name}.{section}.{key}" if section else f"services.{s.name}.{key}"
+            value = (s.settings.get(section) or {}).get(key) if section else s.settings.get(key)
             if isinstance(value, bool) or not isinstance(value, int):
                 problems.append(Problem(field, f"is {value!r}, not a whole number", f"set {meaning}"))
             elif not smallest <= value <= largest:

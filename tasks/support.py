@@ -44,6 +44,7 @@ def fastapi_spec(stack: Stack, service: Service) -> UnitSpec:
         ("KCA_BODY_TIMEOUT_S", str(limits["body_timeout_s"])),
         ("KCA_LIMIT_CONCURRENCY", str(server["limit_concurrency"])),
         ("KCA_TIMEOUT_KEEP_ALIVE_S", str(server["timeout_keep_alive_s"])),
+        ("OMP_NUM_THREADS", str(s["threads"])),
         # The model is on disk already: a hub lookup could only slow the start down or fail.
         ("HF_HUB_OFFLINE", "1"),
         ("HF_HOME", "%C/kca-support/huggingface"),

@@ -150,6 +150,12 @@ BAD_STACKS = [
     ("port not a number", set_port("docling", "8007"), "services.docling.ports[0].port", "must be int"),
     ("missing exposure", lambda d: d["services"]["docling"].pop("exposure"), "services.docling.exposure", "missing"),
     (
+        "no CPU thread for the forward pass",
+        set_key("services", "bge-reranker", "threads", 0),
+        "services.bge-reranker.threads",
+        "outside 1-256",
+    ),
+    (
         "no token budget per forward pass",
         set_load("bge-embedding", "batching", "batch_tokens", 0),
         "services.bge-embedding.batching.batch_tokens",

@@ -315,7 +315,7 @@ def test_a_body_that_never_arrives_times_out_and_frees_its_place(servers):
     wait_for_queued(server, 0)
 
 
-def test_uvicorn_limits_come_from_the_data(servers):
+def test_load_settings_come_from_the_data(servers):
     """The unit's environment carries every load setting; the running server reports its queue."""
     server = servers["embedding"]
     s = server.settings
@@ -328,9 +328,13 @@ def test_uvicorn_limits_come_from_the_data(servers):
         "KCA_BODY_TIMEOUT_S": s["limits"]["body_timeout_s"],
         "KCA_LIMIT_CONCURRENCY": s["uvicorn"]["limit_concurrency"],
         "KCA_TIMEOUT_KEEP_ALIVE_S": s["uvicorn"]["timeout_keep_alive_s"],
+        "OMP_NUM_THREADS": s["threads"],
     }
     assert {k: int(server.env[k]) for k in expected} == expected
-    assert queued(server) == 0
+    health = requests.get(f"{server.url}/health", timeout=TIMEOUT_S).json()
+    assert health["queued_requests"] == 0
+    assert health["max_queued_requests"] == s["batching"]["max_queued_requests"]
+    assert health["threads"] == s["threads"]
 
 
 if __name__ == "__main__":
