@@ -332,7 +332,7 @@ services = {
         # request can take more than this. The per-request caps bound time and host memory.
         # CPU threads of the forward pass (OMP_NUM_THREADS). One: on the GPU the CPU only feeds it, and on
         # the 2-core test host a second thread spins against tokenizing, HTTP and the other services
-        # (measured there: single-request median 40 ms with 1 thread, 700 ms with 2, under load).
+        # (measured on 2 busy cores: single-request median 40 ms with 1 thread, 700 ms with 2).
         "threads": 1,
         "batching": {
             # Padded tokens per pass: the VRAM term above; one text of BGE-M3's full 8192 tokens fits
