@@ -11,10 +11,20 @@ Every setting comes from the environment (the unit renders it from the stack dat
     KCA_MODEL_NAME      id shown in /v1/models and echoed as "model" (default: folder name)
     KCA_DEVICE          cuda | cpu (default cpu)
     KCA_PRECISION       fp16 | fp32 (default fp32; fp16 only on cuda)
-    KCA_BATCH_SIZE      texts per forward pass (default 32)
-    KCA_MAX_ITEMS       most texts in one request (default 256)
-    KCA_MAX_TEXT_CHARS  longest text in characters (default 32768)
-    KCA_MAX_BODY_BYTES  largest request body in bytes (default 8388608)
+    KCA_BATCH_TOKENS         padded tokens per forward pass (default 8192)
+    KCA_BATCH_WAIT_MS        how long a pass waits for requests still being read (default 2)
+    KCA_MAX_QUEUED_REQUESTS  requests admitted at once; more get 503 + Retry-After (default 64)
+    KCA_MAX_ITEMS            most texts in one request (default 256)
+    KCA_MAX_TEXT_CHARS       longest text in characters (default 32768)
+    KCA_MAX_TEXT_TOKENS      tokens per text; longer texts are cut, as by the model (default 8192)
+    KCA_MAX_REQUEST_TOKENS   tokens in one request, all texts together (default 65536)
+    KCA_MAX_BODY_BYTES       largest request body in bytes (default 8388608)
+    KCA_LIMIT_CONCURRENCY    uvicorn's bound on connections and tasks (default 96)
+    KCA_TIMEOUT_KEEP_ALIVE_S idle keep-alive connections close after this (default 5)
+
+Requests from all clients are batched together (kca_batching.py): each request is tokenized in
+the thread pool, one worker runs length-sorted forward passes of at most KCA_BATCH_TOKENS tokens,
+and each caller gets its own vectors back in order.
 
 Endpoints: GET /health (503 while the model loads), GET /v1/models, POST /v1/embeddings.
 Every error is a JSON body {"error": {"message", "type"}} with a 4xx/5xx status.
@@ -30,7 +40,6 @@ from typing import Any
 import kca_service_common
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from kca_service_common import ApiError, Settings
 
@@ -70,15 +79,21 @@ def parse_texts(value: Any, settings: Settings) -> list[str]:
 
 
 class Embedder(kca_service_common.ModelHolder):
-    """The loaded model; one forward pass at a time (one GPU, predictable memory)."""
+    """The loaded model, its tokenizer and the forward pass the batcher runs."""
 
     def __init__(self, settings: Settings):
-        super().__init__(settings)
+        super().__init__(settings, "embedding")
         self.dimension = 0
+        self.threads = 0
+        self.tokenizer: Any = None
+        self.pad_id = 0
+        self._torch: Any = None
 
     def load(self) -> None:
         # Imported here so /health answers "loading" while torch itself is still importing.
+        import torch
         from sentence_transformers import SentenceTransformer
+        from tokenizers import Tokenizer
 
         started = time.monotonic()
         model = SentenceTransformer(self.settings.model_path, device=self.settings.device, local_files_only=True)
@@ -87,6 +102,15 @@ class Embedder(kca_service_common.ModelHolder):
         model.eval()
         dim_of = getattr(model, "get_embedding_dimension", None) or (model.get_sentence_embedding_dimension)
         self.dimension = int(dim_of())
+        # A copy of the model's own fast tokenizer, cut where the model cuts (or sooner, at
+        # max_text_tokens): the same ids as model.encode(), made in request threads. A copy,
+        # because the transformers wrapper resets truncation and padding on its tokenizer per call.
+        self.tokenizer = Tokenizer.from_str(model.tokenizer.backend_tokenizer.to_str())
+        self.tokenizer.enable_truncation(min(self.settings.max_text_tokens, model.max_seq_length))
+        self.tokenizer.no_padding()
+        self.pad_id = model.tokenizer.pad_token_id or 0
+        self.threads = torch.get_num_threads()  # OMP_NUM_THREADS from the unit
+        self._torch = torch
         self.model = model
         log.info(
             "loaded %s (%d-d) on %s/%s in %.1fs",
@@ -97,68 +121,76 @@ class Embedder(kca_service_common.ModelHolder):
             time.monotonic() - started,
         )
 
-    def count_tokens(self, texts: list[str]) -> int:
-        """Tokens the model really sees (special tokens included, cut at its max length)."""
-        encoded = self.model.tokenizer(texts, truncation=True, max_length=self.model.max_seq_length)
-        return sum(len(ids) for ids in encoded["input_ids"])
+    def tokenize(self, texts: list[str]) -> list[tuple[list[int], list[int]]]:
+        """(ids, type ids) per text, special tokens included; runs in a request thread."""
+        return [(e.ids, e.type_ids) for e in self.tokenizer.encode_batch(texts)]
 
-    def embed(self, texts: list[str]) -> tuple[np.ndarray, int]:
-        with self._lock:
-            vectors = self.model.encode(
-                texts,
-                batch_size=self.settings.batch_size,
-                normalize_embeddings=True,
-                convert_to_numpy=True,
-                show_progress_bar=False,
-            )
-            tokens = self.count_tokens(texts)
-        return np.asarray(vectors, dtype=np.float32), tokens
+    def run_pass(self, items: list[tuple[list[int], list[int]]]) -> list[np.ndarray]:
+        """One forward pass on the batcher's worker: unit-length float32 vectors, one per item."""
+        torch = self._torch
+        arrays = kca_service_common.pad_token_ids(items, self.pad_id)
+        # BERT takes token_type_ids, XLM-RoBERTa (BGE-M3) does not: what the tokenizer says it makes.
+        names = [n for n in self.model.tokenizer.model_input_names if n in arrays]
+        features = {name: torch.from_numpy(arrays[name]).to(self.model.device) for name in names}
+        with torch.inference_mode():
+            pooled = self.model(features)["sentence_embedding"]
+            vectors = torch.nn.functional.normalize(pooled.float(), dim=-1).cpu().numpy()
+        return list(vectors)
 
 
 # --- the app ----------------------------------------------------------------------------------
 
 
-def encode_vector(vector: np.ndarray, encoding_format: str) -> list[float] | str:
+def encode_vector(vector: np.ndarray, encoding_format: str) -> np.ndarray | str:
     if encoding_format == "base64":
         # Same as OpenAI: little-endian float32 bytes, base64-encoded.
         return base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
-    return vector.tolist()
+    return vector  # float32; orjson writes each value's shortest exact form
+
+
+def response_body(vectors: list[np.ndarray], encoding_format: str, model_name: str, tokens: int) -> dict[str, Any]:
+    data = [
+        {"object": "embedding", "index": i, "embedding": encode_vector(v, encoding_format)}
+        for i, v in enumerate(vectors)
+    ]
+    return {
+        "object": "list",
+        "data": data,
+        "model": model_name,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
 
 
 def create_app(settings: Settings) -> FastAPI:
     embedder = Embedder(settings)
-    app = kca_service_common.create_base_app(
-        "bge-embedding-server", settings, embedder, log, health_extra=lambda: {"dimension": embedder.dimension}
-    )
+
+    def health_extra() -> dict[str, int]:
+        return {"dimension": embedder.dimension, "threads": embedder.threads}
+
+    app = kca_service_common.create_base_app("bge-embedding-server", settings, embedder, log, health_extra)
     app.state.embedder = embedder
 
     @app.post("/v1/embeddings")
     async def embeddings(request: Request) -> JSONResponse:
-        body = await kca_service_common.read_json_body(request, settings.max_body_bytes)
-        texts = parse_texts(body.get("input"), settings)
-        encoding_format = body.get("encoding_format")
-        if encoding_format is None:
-            encoding_format = "float"
-        if encoding_format not in ("float", "base64"):
-            raise ApiError(400, "'encoding_format' must be 'float' or 'base64'")
-        kca_service_common.check_model_and_ready(body, embedder)
-        dimensions = body.get("dimensions")
-        if dimensions is not None and dimensions != embedder.dimension:
-            raise ApiError(400, f"'dimensions' can only be {embedder.dimension} for this model")
+        with kca_service_common.admit(embedder) as admission:
+            body = await kca_service_common.read_json_body(request, settings.max_body_bytes, settings.body_timeout_s)
+            texts = parse_texts(body.get("input"), settings)
+            encoding_format = body.get("encoding_format")
+            if encoding_format is None:
+                encoding_format = "float"
+            if encoding_format not in ("float", "base64"):
+                raise ApiError(400, "'encoding_format' must be 'float' or 'base64'")
+            kca_service_common.check_model_and_ready(body, embedder)
+            dimensions = body.get("dimensions")
+            if dimensions is not None and dimensions != embedder.dimension:
+                raise ApiError(400, f"'dimensions' can only be {embedder.dimension} for this model")
 
-        vectors, tokens = await run_in_threadpool(embedder.embed, texts)
-        data = [
-            {"object": "embedding", "index": i, "embedding": encode_vector(v, encoding_format)}
-            for i, v in enumerate(vectors)
-        ]
-        return JSONResponse(
-            content={
-                "object": "list",
-                "data": data,
-                "model": settings.model_name,
-                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-            }
-        )
+            vectors, tokens = await kca_service_common.run_admitted(
+                admission, embedder, lambda: embedder.tokenize(texts), sum(len(t) for t in texts)
+            )
+            body = response_body(vectors, encoding_format, settings.model_name, tokens)
+        # orjson encodes even 256 x 1024 floats in milliseconds: no need to leave the event loop.
+        return kca_service_common.FastJSONResponse(body)
 
     return app
 

@@ -1,17 +1,19 @@
 """What the KCA model servers (bge_embedding_server.py, reranker_server.py) share.
 
 Deployed into the same folder as each server and imported as a plain `import kca_service_common`:
-a script's own folder is first on sys.path. Stdlib, FastAPI, Starlette and uvicorn only.
+a script's own folder is first on sys.path. Stdlib, NumPy, orjson, FastAPI, Starlette and uvicorn only.
 
 Shared: the KCA_* settings and their checks, the {"error": {"message", "type"}} shape with its
 exception handlers, the request-body size limit, loading the model in the background with
-/health answering 503 until it is ready, GET /v1/models, and the command line.
+/health answering 503 until it is ready, running a request through the model's batcher
+(kca_batching.py: 503 with Retry-After when its queue is full), padding token ids into arrays,
+GET /v1/models, and the command line with uvicorn's limits.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import asyncio
 import logging
 import os
 import sys
@@ -22,11 +24,23 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import kca_batching
+import numpy as np
+import orjson
 import uvicorn
 from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+# Requests are tokenized side by side in the thread pool already; the tokenizer's own worker pool on top
+# would only compete with the forward pass for the same cores. Read when the tokenizer is first used.
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# Tokenizing a request this small (in characters) costs less than a hop to the thread pool and
+# back: done on the event loop. Larger requests go to the pool, beside the forward passes.
+INLINE_CHARS = 4096
 
 # --- configuration ----------------------------------------------------------------------------
 
@@ -37,20 +51,33 @@ class Settings:
     model_name: str
     device: str
     precision: str
-    batch_size: int
+    # Batching across requests (kca_batching.py): padded tokens per forward pass, how long the worker
+    # waits for requests still being read, and how many requests may be admitted at once.
+    batch_tokens: int
+    batch_wait_ms: int
+    max_queued_requests: int
+    # Per request: texts, characters and tokens per text (longer texts are cut to max_text_tokens,
+    # or to the model's own limit where that is lower), tokens in all, and body bytes.
     max_items: int
     max_text_chars: int
+    max_text_tokens: int
+    max_request_tokens: int
     max_body_bytes: int
+    body_timeout_s: int
+    # uvicorn: connections and tasks at once (beyond it uvicorn itself answers 503), and how long
+    # an idle keep-alive connection stays open.
+    limit_concurrency: int
+    timeout_keep_alive_s: int
 
 
-def _env_int(name: str, default: int) -> int:
+def _env_int(name: str, default: int, minimum: int = 1) -> int:
     raw = os.environ.get(name, str(default))
     try:
         value = int(raw)
     except ValueError:
         raise SystemExit(f"{name}={raw!r} is not an integer") from None
-    if value < 1:
-        raise SystemExit(f"{name}={value} must be >= 1")
+    if value < minimum:
+        raise SystemExit(f"{name}={value} must be >= {minimum}")
     return value
 
 
@@ -68,16 +95,35 @@ def load_settings() -> Settings:
     if precision == "fp16" and device != "cuda":
         # Half precision on CPU is slow and loses accuracy for nothing.
         raise SystemExit("KCA_PRECISION=fp16 needs KCA_DEVICE=cuda")
-    return Settings(
+    settings = Settings(
         model_path=model_path,
         model_name=os.environ.get("KCA_MODEL_NAME") or os.path.basename(model_path.rstrip("/")),
         device=device,
         precision=precision,
-        batch_size=_env_int("KCA_BATCH_SIZE", 32),
+        batch_tokens=_env_int("KCA_BATCH_TOKENS", 8192),
+        batch_wait_ms=_env_int("KCA_BATCH_WAIT_MS", 2, minimum=0),
+        max_queued_requests=_env_int("KCA_MAX_QUEUED_REQUESTS", 64),
         max_items=_env_int("KCA_MAX_ITEMS", 256),
         max_text_chars=_env_int("KCA_MAX_TEXT_CHARS", 32768),
+        max_text_tokens=_env_int("KCA_MAX_TEXT_TOKENS", 8192),
+        max_request_tokens=_env_int("KCA_MAX_REQUEST_TOKENS", 65536),
         max_body_bytes=_env_int("KCA_MAX_BODY_BYTES", 8 * 1024 * 1024),
+        body_timeout_s=_env_int("KCA_BODY_TIMEOUT_S", 30),
+        limit_concurrency=_env_int("KCA_LIMIT_CONCURRENCY", 512),
+        timeout_keep_alive_s=_env_int("KCA_TIMEOUT_KEEP_ALIVE_S", 5),
     )
+    if settings.max_text_tokens > settings.batch_tokens:
+        # Every text must fit one forward pass, or the pass bound says nothing about memory.
+        raise SystemExit(
+            f"KCA_MAX_TEXT_TOKENS={settings.max_text_tokens} is larger than KCA_BATCH_TOKENS={settings.batch_tokens}"
+        )
+    if settings.limit_concurrency <= settings.max_queued_requests:
+        # The queue's own 503 (with Retry-After) must come before uvicorn's bare one.
+        raise SystemExit(
+            f"KCA_LIMIT_CONCURRENCY={settings.limit_concurrency} must be larger than "
+            f"KCA_MAX_QUEUED_REQUESTS={settings.max_queued_requests}"
+        )
+    return settings
 
 
 # --- errors and request bodies ----------------------------------------------------------------
@@ -86,23 +132,36 @@ def load_settings() -> Settings:
 class ApiError(Exception):
     """An error answered as {"error": {...}}; raised anywhere in request handling."""
 
-    def __init__(self, status: int, message: str, kind: str = "invalid_request_error"):
+    def __init__(
+        self, status: int, message: str, kind: str = "invalid_request_error", headers: dict[str, str] | None = None
+    ):
         super().__init__(message)
         self.status = status
         self.message = message
         self.kind = kind
+        self.headers = headers
 
 
-def error_response(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
-    return JSONResponse(status_code=status, content={"error": {"message": message, "type": kind}})
+class FastJSONResponse(JSONResponse):
+    """JSON bodies encoded by orjson: NumPy arrays and floats in C, not through Python lists."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-async def read_json_body(request: Request, max_bytes: int) -> dict[str, Any]:
-    """Read at most max_bytes of body and parse it as a JSON object.
+def error_response(
+    status: int, message: str, kind: str = "invalid_request_error", headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"error": {"message": message, "type": kind}}, headers=headers)
+
+
+async def read_json_body(request: Request, max_bytes: int, timeout_s: int) -> dict[str, Any]:
+    """Read at most max_bytes of body within timeout_s and parse it as a JSON object.
 
     The limit is checked before parsing, by counting bytes while reading: a chunked body has
     no length and a declared one may be wrong. A body somewhat over the limit is read to its
-    end without being kept, so the client is done sending and reads the 413.
+    end without being kept, so the client is done sending and reads the 413. The timeout keeps
+    a client that sends slowly from holding its place in the queue.
     """
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > 2 * max_bytes:
@@ -111,21 +170,28 @@ async def read_json_body(request: Request, max_bytes: int) -> dict[str, Any]:
     chunks: list[bytes] = []
     size = 0
     too_large = False
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            # Keep reading but stop storing, so the client gets to read the 413;
-            # give up (and let the connection close) after another max_bytes.
-            too_large = True
-            if size > 2 * max_bytes:
-                break
-            continue
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > max_bytes:
+                    # Keep reading but stop storing, so the client gets to read the 413;
+                    # give up (and let the connection close) after another max_bytes.
+                    too_large = True
+                    if size > 2 * max_bytes:
+                        break
+                    continue
+                chunks.append(chunk)
+    except TimeoutError:
+        raise ApiError(408, f"request body not received within {timeout_s} s") from None
     if too_large:
         raise ApiError(413, f"request body is larger than {max_bytes} bytes")
     try:
-        body = json.loads(b"".join(chunks))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        body = orjson.loads(b"".join(chunks))
+    except orjson.JSONDecodeError as exc:
+        if "depth limit" in str(exc):
+            # Thousands of nested brackets fit in a small body; orjson stops at 1024 levels.
+            raise ApiError(400, "body is nested too deeply") from None
         raise ApiError(400, f"body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise ApiError(400, "body must be a JSON object")
@@ -136,17 +202,24 @@ async def read_json_body(request: Request, max_bytes: int) -> dict[str, Any]:
 
 
 class ModelHolder:
-    """A server's model and its loading state; the server's subclass loads and runs the model.
+    """A server's model, its loading state and its batcher; the subclass loads the model and runs
+    one forward pass over items it tokenized itself.
 
-    /health and the request handlers answer 503 until `model` is set. Subclasses hold
-    `_lock` around each forward pass: one at a time (one GPU, predictable memory).
+    /health and the request handlers answer 503 until `model` is set. Forward passes run only on
+    the batcher's one worker thread: one at a time (one GPU, memory bounded by batch_tokens).
     """
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, name: str):
         self.settings = settings
         self.model: Any = None
         self.error: str | None = None
-        self._lock = threading.Lock()
+        self.batcher = kca_batching.Batcher(
+            self.run_pass,
+            batch_tokens=settings.batch_tokens,
+            wait_ms=settings.batch_wait_ms,
+            max_queued_requests=settings.max_queued_requests,
+            name=name,
+        )
 
     @property
     def ready(self) -> bool:
@@ -155,11 +228,58 @@ class ModelHolder:
     def load(self) -> None:
         raise NotImplementedError
 
+    def run_pass(self, items: list[Any]) -> list[Any]:
+        raise NotImplementedError
+
+
+def pad_token_ids(items: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, np.ndarray]:
+    """(ids, type ids) per text -> input_ids, token_type_ids and attention_mask, padded on the right."""
+    longest = max(len(ids) for ids, _ in items)
+    input_ids = np.full((len(items), longest), pad_id, dtype=np.int64)
+    token_type_ids = np.zeros((len(items), longest), dtype=np.int64)
+    attention_mask = np.zeros((len(items), longest), dtype=np.int64)
+    for row, (ids, type_ids) in enumerate(items):
+        input_ids[row, : len(ids)] = ids
+        token_type_ids[row, : len(ids)] = type_ids
+        attention_mask[row, : len(ids)] = 1
+    return {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask}
+
+
+def admit(model: ModelHolder) -> kca_batching.Admission:
+    """A place in the model's queue for one request, or 503 with Retry-After at once when it is full.
+
+    Taken before the body is read, so that bodies in memory are bounded too
+    (max_queued_requests x max_body_bytes); use it as a context manager: the place is freed
+    however the request ends."""
+    try:
+        return model.batcher.admit()
+    except kca_batching.QueueFull as exc:
+        # One second: the worker clears a full forward pass well within it on the GPU.
+        raise ApiError(503, f"busy: {exc}; retry later", "service_unavailable", {"Retry-After": "1"}) from None
+
+
+async def run_admitted(
+    admission: kca_batching.Admission,
+    model: ModelHolder,
+    tokenize: Callable[[], list[tuple[list[int], list[int]]]],
+    size: int,
+) -> tuple[list[Any], int]:
+    """Tokenize (size: the request's characters; in the thread pool beside the forward passes unless
+    small), check the request's token total, and wait for its results from the batcher, in order."""
+    items = tokenize() if size <= INLINE_CHARS else await run_in_threadpool(tokenize)
+    lengths = [len(ids) for ids, _ in items]
+    tokens = sum(lengths)
+    if tokens > model.settings.max_request_tokens:
+        raise ApiError(400, f"the request has {tokens} tokens; at most {model.settings.max_request_tokens}: split it")
+    return await admission.run(items, lengths), tokens
+
 
 def load_in_background(model: ModelHolder, log: logging.Logger) -> None:
-    """Load the model; a model that cannot load ends the process so systemd restarts it."""
+    """Load the model and start its batcher; a model that cannot load ends the process so systemd
+    restarts it."""
     try:
         model.load()
+        model.batcher.start()
     except Exception as exc:  # noqa: BLE001 - any failure here is fatal and must be logged
         log.exception("model load failed")
         model.error = str(exc)
@@ -200,7 +320,7 @@ def create_base_app(
     # One error shape for everything, FastAPI's own 404/405/422 included.
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status, exc.message, exc.kind)
+        return error_response(exc.status, exc.message, exc.kind, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -209,6 +329,11 @@ def create_base_app(
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         return error_response(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _internal_error(_: Request, exc: Exception) -> JSONResponse:
+        # Starlette logs the traceback; the client gets the same JSON shape as every other error.
+        return error_response(500, f"internal error: {type(exc).__name__}", "server_error")
 
     @app.get("/health")
     async def health() -> JSONResponse:
@@ -220,6 +345,8 @@ def create_base_app(
                 "model": settings.model_name,
                 "device": settings.device,
                 "precision": settings.precision,
+                "queued_requests": model.batcher.admitted,
+                "max_queued_requests": settings.max_queued_requests,
                 **health_extra(),
             }
         )
@@ -242,5 +369,19 @@ def main(doc: str, default_port: int, create_app: Callable[[Settings], FastAPI],
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
-    app = create_app(load_settings())
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    settings = load_settings()
+    app = create_app(settings)
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        # The C parser and event loop (requirements-support.txt); named so that a venv without them
+        # fails at start instead of running several times slower on the pure-Python defaults.
+        http="httptools",
+        loop="uvloop",
+        limit_concurrency=settings.limit_concurrency,
+        timeout_keep_alive=settings.timeout_keep_alive_s,
+        # systemd's stop waits for open requests this long, then uvicorn closes them.
+        timeout_graceful_shutdown=settings.body_timeout_s,
+    )

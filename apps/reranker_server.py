@@ -11,10 +11,18 @@ Every setting comes from the environment (the unit renders it from the stack dat
     KCA_MODEL_NAME      id shown in /v1/models and echoed as "model" (default: folder name)
     KCA_DEVICE          cuda | cpu (default cpu)
     KCA_PRECISION       fp16 | fp32 (default fp32; fp16 only on cuda)
-    KCA_BATCH_SIZE      query-document pairs per forward pass (default 32)
-    KCA_MAX_ITEMS       most documents in one request (default 256)
-    KCA_MAX_TEXT_CHARS  longest query or document in characters (default 32768)
-    KCA_MAX_BODY_BYTES  largest request body in bytes (default 8388608)
+    KCA_BATCH_TOKENS         padded tokens per forward pass (default 8192)
+    KCA_BATCH_WAIT_MS        how long a pass waits for requests still being read (default 2)
+    KCA_MAX_QUEUED_REQUESTS  requests admitted at once; more get 503 + Retry-After (default 64)
+    KCA_MAX_ITEMS            most documents in one request (default 256)
+    KCA_MAX_TEXT_CHARS       longest query or document in characters (default 32768)
+    KCA_MAX_TEXT_TOKENS      tokens per query-document pair; longer pairs are cut (default 8192)
+    KCA_MAX_REQUEST_TOKENS   tokens in one request, all pairs together (default 65536)
+    KCA_MAX_BODY_BYTES       largest request body in bytes (default 8388608)
+    KCA_LIMIT_CONCURRENCY    uvicorn's bound on connections and tasks (default 96)
+    KCA_TIMEOUT_KEEP_ALIVE_S idle keep-alive connections close after this (default 5)
+
+Pairs from all clients are batched together (kca_batching.py), as in bge_embedding_server.py.
 
 Endpoints: GET /health (503 while the model loads), GET /v1/models, POST /v1/rerank and
 POST /rerank taking {"model", "query", "documents", "top_n"}. Scores are sigmoid(logit), 0..1.
@@ -28,9 +36,7 @@ import time
 from typing import Any
 
 import kca_service_common
-import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from kca_service_common import ApiError, Settings
 
@@ -81,25 +87,34 @@ def parse_top_n(value: Any, count: int) -> int:
 
 
 class Reranker(kca_service_common.ModelHolder):
-    """The loaded cross-encoder; one forward pass at a time (one GPU, predictable memory)."""
+    """The loaded cross-encoder, its tokenizer and the forward pass the batcher runs."""
+
+    def __init__(self, settings: Settings):
+        super().__init__(settings, "reranker")
+        self.tokenizer: Any = None
+        self.pad_id = 0
+        self._torch: Any = None
 
     def load(self) -> None:
         # Imported here so /health answers "loading" while torch itself is still importing.
         import torch
         from sentence_transformers import CrossEncoder
+        from tokenizers import Tokenizer
 
         started = time.monotonic()
-        # Raw logits out (Identity); the sigmoid is applied below so the 0..1 scale does not
-        # depend on whatever activation the model folder's config names.
-        model = CrossEncoder(
-            self.settings.model_path,
-            device=self.settings.device,
-            local_files_only=True,
-            activation_fn=torch.nn.Identity(),
-        )
+        model = CrossEncoder(self.settings.model_path, device=self.settings.device, local_files_only=True)
         if self.settings.precision == "fp16":
             model.model.half()
         model.model.eval()
+        # sentence-transformers 6 renamed CrossEncoder.max_length to max_seq_length.
+        model_limit = getattr(model, "max_seq_length", None) or model.max_length or model.tokenizer.model_max_length
+        # A copy of the model's fast tokenizer (the transformers wrapper resets truncation and
+        # padding on its own per call), cutting pairs longest-first as CrossEncoder.predict does.
+        self.tokenizer = Tokenizer.from_str(model.tokenizer.backend_tokenizer.to_str())
+        self.tokenizer.enable_truncation(min(self.settings.max_text_tokens, model_limit), strategy="longest_first")
+        self.tokenizer.no_padding()
+        self.pad_id = model.tokenizer.pad_token_id or 0
+        self._torch = torch
         self.model = model
         log.info(
             "loaded %s on %s/%s in %.1fs",
@@ -109,28 +124,23 @@ class Reranker(kca_service_common.ModelHolder):
             time.monotonic() - started,
         )
 
-    def count_tokens(self, query: str, documents: list[str]) -> int:
-        """Tokens the model really sees for all pairs (special tokens included, truncated)."""
-        encoded = self.model.tokenizer(
-            [query] * len(documents),
-            documents,
-            truncation=True,
-            # sentence-transformers 6 renamed CrossEncoder.max_length to max_seq_length.
-            max_length=getattr(self.model, "max_seq_length", None) or self.model.max_length,
-        )
-        return sum(len(ids) for ids in encoded["input_ids"])
+    def tokenize(self, query: str, documents: list[str]) -> list[tuple[list[int], list[int]]]:
+        """(ids, type ids) per query-document pair; runs in a request thread."""
+        return [(e.ids, e.type_ids) for e in self.tokenizer.encode_batch([(query, d) for d in documents])]
 
-    def score(self, query: str, documents: list[str]) -> tuple[np.ndarray, int]:
-        with self._lock:
-            logits = self.model.predict(
-                [(query, doc) for doc in documents],
-                batch_size=self.settings.batch_size,
-                convert_to_numpy=True,
-                show_progress_bar=False,
-            )
-            tokens = self.count_tokens(query, documents)
-        logits = np.asarray(logits, dtype=np.float64).reshape(len(documents), -1)[:, 0]
-        return 1.0 / (1.0 + np.exp(-logits)), tokens
+    def run_pass(self, items: list[tuple[list[int], list[int]]]) -> list[float]:
+        """One forward pass on the batcher's worker: sigmoid(logit) per pair, 0..1.
+
+        The sigmoid is applied here, on the raw first logit, so the scale does not depend on
+        whatever activation the model folder's config names."""
+        torch = self._torch
+        arrays = kca_service_common.pad_token_ids(items, self.pad_id)
+        names = [n for n in self.model.tokenizer.model_input_names if n in arrays]
+        features = {name: torch.from_numpy(arrays[name]).to(self.model.device) for name in names}
+        with torch.inference_mode():
+            logits = self.model.model(**features).logits[:, 0]
+            scores = torch.sigmoid(logits.double()).cpu().tolist()
+        return scores
 
 
 # --- the app ----------------------------------------------------------------------------------
@@ -142,16 +152,22 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.reranker = reranker
 
     async def rerank(request: Request) -> JSONResponse:
-        body = await kca_service_common.read_json_body(request, settings.max_body_bytes)
-        query = check_text("query", body.get("query"), settings)
-        documents = parse_documents(body.get("documents"), settings)
-        top_n = parse_top_n(body.get("top_n"), len(documents))
-        return_documents = body.get("return_documents", True)
-        if not isinstance(return_documents, bool):
-            raise ApiError(400, "'return_documents' must be true or false")
-        kca_service_common.check_model_and_ready(body, reranker)
+        with kca_service_common.admit(reranker) as admission:
+            body = await kca_service_common.read_json_body(request, settings.max_body_bytes, settings.body_timeout_s)
+            query = check_text("query", body.get("query"), settings)
+            documents = parse_documents(body.get("documents"), settings)
+            top_n = parse_top_n(body.get("top_n"), len(documents))
+            return_documents = body.get("return_documents", True)
+            if not isinstance(return_documents, bool):
+                raise ApiError(400, "'return_documents' must be true or false")
+            kca_service_common.check_model_and_ready(body, reranker)
 
-        scores, tokens = await run_in_threadpool(reranker.score, query, documents)
+            scores, tokens = await kca_service_common.run_admitted(
+                admission,
+                reranker,
+                lambda: reranker.tokenize(query, documents),
+                len(query) * len(documents) + sum(len(d) for d in documents),
+            )
         # Stable sort: equal scores keep the order the caller sent.
         order = sorted(range(len(documents)), key=lambda i: -scores[i])[:top_n]
         results = []
@@ -160,7 +176,7 @@ def create_app(settings: Settings) -> FastAPI:
             if return_documents:
                 result["document"] = {"text": documents[i]}
             results.append(result)
-        return JSONResponse(
+        return kca_service_common.FastJSONResponse(
             content={
                 "model": settings.model_name,
                 "results": results,

@@ -11,9 +11,21 @@ The URLs default to the port map's (embedding 8083, reranker 8006, Docling 8007 
 each service's memory is read from its unit's MainPID (--pid NAME=PID or --unit NAME=UNIT instead).
 --skip-docling leaves Docling out (the test host has no layout models).
 
-Prints one table: embedding throughput over HTTP vs in-process (and their ratio), reranker
-latency for 1 query x 32 documents, Docling conversion time for a generated 10-page DOCX,
-and each service's resident memory. Every loop is bounded; nothing runs in the background.
+Prints:
+- a load table: 1, 4, 16 and 64 concurrent clients sending 1 or 16 texts per request, and 16
+  clients reranking 1 query x 32 documents. Per row: texts (or documents) per second, p50 and p99
+  latency, and the ratio to the in-process throughput of the same model (SentenceTransformer.encode,
+  batches of 32, in this process). Each row runs --load-seconds after a warm-up second.
+  `--compare NAME=URL` (and `--compare-reranker NAME=URL`) runs every row against another server
+  too, row by row in turn so that both see the same machine, and adds its figures and the ratio;
+  e.g. another release of these servers, or a dedicated embedding server on the same model.
+- an overload run (--overload-seconds, 0 to skip): 4 x the server's max_queued_requests clients
+  (from its /health) send 16 texts each for that long, honouring Retry-After; then p50/p99 of the
+  answered requests, how many got 503 (and whether each carried Retry-After), other failures, the
+  server's peak resident memory, and one normal request afterwards.
+- reranker latency for 1 query x 32 documents, Docling conversion time for a generated 10-page
+  DOCX, and each service's resident memory.
+Every loop is bounded in time or count; nothing runs in the background after it returns.
 """
 
 from __future__ import annotations
@@ -23,14 +35,18 @@ import io
 import os
 import statistics
 import subprocess
+import threading
 import time
 import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from xml.sax.saxutils import escape
 
 import requests
 
 TIMEOUT = 600
+LOAD_ROWS = [(clients, texts) for texts in (1, 16) for clients in (1, 4, 16, 64)]
+RERANK_CLIENTS, RERANK_DOCUMENTS = 16, 32
 XML_HEAD = '<?xml version="1.0" encoding="UTF-8" standalone="yes"?>'
 WORDS = [
     *["server", "model", "vector", "search", "document", "table", "report", "query", "answer"],
@@ -108,12 +124,18 @@ def embed_over_http(url: str, texts: list[str], batch_size: int) -> None:
 
 
 def embedding_throughput(args, texts: list[str]) -> dict[str, float]:
-    """Texts per second through the server and in this process, same model and batch size."""
+    """Texts per second through the server (one client, batches of --batch-size) and in this
+    process, same model and batch size."""
     embed_over_http(args.embedding_url, texts[: args.batch_size], args.batch_size)  # warm-up
     http_s = timed(lambda: embed_over_http(args.embedding_url, texts, args.batch_size))
 
+    import torch
     from sentence_transformers import SentenceTransformer
 
+    # As many CPU threads as the server's forward pass has (its OMP_NUM_THREADS), where it says.
+    threads = requests.get(f"{args.embedding_url}/health", timeout=TIMEOUT).json().get("threads")
+    if threads:
+        torch.set_num_threads(threads)
     model = SentenceTransformer(args.model_path, device=args.device, local_files_only=True)
     if args.device == "cuda":
         model.half()  # match the server's fp16 on the GPU host
@@ -122,7 +144,7 @@ def embedding_throughput(args, texts: list[str]) -> dict[str, float]:
         model.encode(texts, batch_size=args.batch_size, normalize_embeddings=True, show_progress_bar=False)
 
     model.encode(texts[: args.batch_size], batch_size=args.batch_size)  # warm-up
-    local_s = timed(encode)
+    local_s = min(timed(encode) for _ in range(3))
     return {"http": len(texts) / http_s, "local": len(texts) / local_s}
 
 
@@ -130,6 +152,9 @@ def rerank_latency(args) -> list[float]:
     documents = sample_texts(32, 50)
     body = {"query": "which passage talks about document search?", "documents": documents}
     url = f"{args.reranker_url}/v1/rerank"
+
+    if args.reranker_model:
+        body["model"] = args.reranker_model
 
     def call() -> None:
         response = requests.post(url, json=body, timeout=TIMEOUT)
@@ -155,6 +180,196 @@ def docling_times(args, api_key: str) -> list[float]:
 
     call()  # warm-up (first request builds docling's converter)
     return [timed(call) for _ in range(max(1, args.repeats // 3))]
+
+
+# --- load ------------------------------------------------------------------------------------
+
+
+@dataclass
+class LoadResult:
+    items: int = 0  # texts (embedding) or documents (rerank) answered in the window
+    latencies: list[float] = field(default_factory=list)
+    refused: int = 0  # 503
+    refused_with_retry_after: int = 0
+    failed: int = 0  # anything else that is not a 200
+    seconds: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        return self.items / self.seconds if self.seconds else 0.0
+
+    def percentile(self, q: float) -> float:
+        if not self.latencies:
+            return float("nan")
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def embedding_call(url: str, model: str | None, texts: list[str]):
+    body: dict = {"input": texts}
+    if model:
+        body["model"] = model
+
+    def call(session: requests.Session) -> tuple[int, int, requests.Response]:
+        response = session.post(f"{url}/v1/embeddings", json=body, timeout=TIMEOUT)
+        count = len(response.json()["data"]) if response.status_code == 200 else 0
+        return response.status_code, count, response
+
+    return call
+
+
+def rerank_call(url: str, model: str | None, query: str, documents: list[str]):
+    body: dict = {"query": query, "documents": documents, "return_documents": False}
+    if model:
+        body["model"] = model
+
+    def call(session: requests.Session) -> tuple[int, int, requests.Response]:
+        response = session.post(f"{url}/v1/rerank", json=body, timeout=TIMEOUT)
+        count = len(response.json()["results"]) if response.status_code == 200 else 0
+        return response.status_code, count, response
+
+    return call
+
+
+def drive(calls: list, seconds: float, warmup: float = 1.0, honour_retry_after: bool = False) -> LoadResult:
+    """One thread per client, each with its own connection, calling in a loop for warmup + seconds.
+    Counted: requests that end within the window (after the warm-up), however long ago they began:
+    with many clients one request can take longer than the window."""
+    result = LoadResult()
+    lock = threading.Lock()
+    start = time.perf_counter() + 0.2  # all threads are up before anyone counts
+    window_start, window_end = start + warmup, start + warmup + seconds
+
+    def client(call) -> None:
+        with requests.Session() as session:
+            while time.perf_counter() < start:
+                time.sleep(0.01)
+            while (began := time.perf_counter()) < window_end:
+                try:
+                    status, count, response = call(session)
+                except (requests.RequestException, ValueError, KeyError):
+                    status, count, response = 0, 0, None
+                ended = time.perf_counter()
+                counted = window_start <= ended <= window_end
+                with lock:
+                    if status == 200 and counted:
+                        result.items += count
+                        result.latencies.append(ended - began)
+                    elif status == 503:
+                        result.refused += 1
+                        result.refused_with_retry_after += "Retry-After" in response.headers
+                    elif status != 200:
+                        result.failed += 1
+                if status == 503 and honour_retry_after:
+                    left = window_end - time.perf_counter()
+                    time.sleep(max(0.0, min(float(response.headers.get("Retry-After", 1)), left, 1.0)))
+
+    threads = [threading.Thread(target=client, args=(call,), daemon=True) for call in calls]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(TIMEOUT + warmup + seconds)
+    result.seconds = seconds
+    return result
+
+
+def embedding_calls(url: str, model: str | None, clients: int, per_request: int, texts: list[str]) -> list:
+    """Each client its own texts (no server sees the same request twice in a row)."""
+    calls = []
+    for c in range(clients):
+        first = (c * per_request) % max(1, len(texts) - per_request)
+        calls.append(embedding_call(url, model, texts[first : first + per_request]))
+    return calls
+
+
+def load_table(args, targets: dict[str, dict], local_rate: float) -> None:
+    """The rows of LOAD_ROWS and the rerank row, each run against every target in turn."""
+    texts = sample_texts(1024)
+    documents = sample_texts(RERANK_DOCUMENTS, 50)
+    query = "which passage talks about document search?"
+    names = list(targets)
+    rows: list[tuple[str, dict[str, LoadResult], str]] = []
+    for clients, per_request in LOAD_ROWS:
+        label = f"{clients} client{'s' if clients > 1 else ''} x {per_request} text{'s' if per_request > 1 else ''}"
+        found = {}
+        for name in names:
+            target = targets[name]
+            calls = embedding_calls(target["embedding"], target["embedding_model"], clients, per_request, texts)
+            found[name] = drive(calls, args.load_seconds)
+            print(f"  {label:<22} {name:<14} {found[name].rate:8.1f} texts/s", flush=True)
+        rows.append((label, found, "texts/s"))
+    label = f"rerank {RERANK_CLIENTS} clients x 1x{RERANK_DOCUMENTS}"
+    found = {}
+    for name in names:
+        target = targets[name]
+        if not target.get("reranker"):
+            continue
+        calls = [rerank_call(target["reranker"], target["reranker_model"], query, documents)] * RERANK_CLIENTS
+        found[name] = drive(calls, args.load_seconds)
+        print(f"  {label:<22} {name:<14} {found[name].rate:8.1f} docs/s", flush=True)
+    rows.append((label, found, "docs/s"))
+
+    first = names[0]
+    header = ["load", "unit"]
+    for name in names:
+        header += [f"{name} /s", "p50 ms", "p99 ms", "n"]
+    header.append(f"{first} / in-process")
+    header += [f"{first} / {name}" for name in names[1:]]
+    lines = [header]
+    for label, found, unit in rows:
+        line = [label, unit]
+        for name in names:
+            r = found.get(name)
+            if r is None:
+                line += ["-"] * 4
+                continue
+            p50, p99 = r.percentile(0.5) * 1000, r.percentile(0.99) * 1000
+            line += [f"{r.rate:.1f}", f"{p50:.0f}", f"{p99:.0f}", str(len(r.latencies))]
+        mine = found.get(first)
+        line.append(f"{mine.rate / local_rate:.2f}" if mine and unit == "texts/s" and local_rate else "-")
+        for name in names[1:]:
+            other = found.get(name)
+            line.append(f"{mine.rate / other.rate:.2f}" if mine and other and other.rate else "-")
+        lines.append(line)
+    print(f"\nin-process: {local_rate:.1f} texts/s (SentenceTransformer.encode, batches of 32, the server's threads)")
+    print(f"window per row and server: {args.load_seconds:g} s after a 1 s warm-up; n = requests counted")
+    print_markdown(lines)
+
+
+def print_markdown(lines: list[list[str]]) -> None:
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    for index, line in enumerate(lines):
+        print("| " + " | ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)) + " |")
+        if index == 0:
+            print("|" + "|".join("-" * (width + 2) for width in widths) + "|")
+
+
+def overload(args, pid: int | None) -> list[tuple[str, str]]:
+    """4 x max_queued_requests clients for --overload-seconds, then one normal request."""
+    health = requests.get(f"{args.embedding_url}/health", timeout=TIMEOUT).json()
+    bound = health.get("max_queued_requests")
+    if not bound:
+        return [("overload", "skipped: /health does not report max_queued_requests")]
+    clients = 4 * bound
+    texts = sample_texts(1024)
+    calls = embedding_calls(args.embedding_url, args.embedding_model, clients, 16, texts)
+    print(f"  overload: {clients} clients x 16 texts for {args.overload_seconds} s", flush=True)
+    result = drive(calls, args.overload_seconds, honour_retry_after=True)
+    started = time.perf_counter()
+    after = requests.post(f"{args.embedding_url}/v1/embeddings", json={"input": texts[:16]}, timeout=TIMEOUT)
+    after_ms = (time.perf_counter() - started) * 1000
+    p99 = result.percentile(0.99)
+    rows = [
+        (f"overload: clients (4 x max_queued_requests {bound})", str(clients)),
+        ("overload: answered 200 in the window", f"{len(result.latencies)} ({result.rate:.1f} texts/s)"),
+        ("overload: p50 / p99 of answered", f"{result.percentile(0.5) * 1000:.0f} / {p99 * 1000:.0f} ms"),
+        ("overload: 503 (with Retry-After)", f"{result.refused} ({result.refused_with_retry_after})"),
+        ("overload: other failures", str(result.failed)),
+        ("overload: then one request of 16 texts", f"HTTP {after.status_code} in {after_ms:.0f} ms"),
+    ]
+    if pid:
+        rows.append((f"overload: peak resident memory (pid {pid})", f"{peak_rss_mib(pid):.0f} MiB"))
+    return rows
 
 
 # --- memory -----------------------------------------------------------------------------------
@@ -186,6 +401,16 @@ def rss_mib(pid: int) -> float:
     for each in descendants(pid):
         for line in Path(f"/proc/{each}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
+                total_kib += int(line.split()[1])
+    return total_kib / 1024
+
+
+def peak_rss_mib(pid: int) -> float:
+    """VmHWM: the most the process has held since it started (children included)."""
+    total_kib = 0
+    for each in descendants(pid):
+        for line in Path(f"/proc/{each}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
                 total_kib += int(line.split()[1])
     return total_kib / 1024
 
@@ -225,6 +450,20 @@ def parse_args() -> argparse.Namespace:
         help="NAME=UNIT, PID via systemctl (repeatable; default: the three stack units)",
     )
     parser.add_argument("--skip-docling", action="store_true")
+    parser.add_argument("--embedding-model", help="'model' field sent to every embedding server (default: none)")
+    parser.add_argument("--reranker-model", help="'model' field sent to every reranker (default: none)")
+    parser.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        help="NAME=URL: another embedding server (OpenAI /v1/embeddings) to run the load table against",
+    )
+    parser.add_argument(
+        "--compare-reranker", action="append", default=[], help="NAME=URL: its reranker (/v1/rerank), same NAME"
+    )
+    parser.add_argument("--name", default="kca", help="this project's servers' column in the load table")
+    parser.add_argument("--load-seconds", type=float, default=10, help="each load row's window (0: no table)")
+    parser.add_argument("--overload-seconds", type=float, default=60, help="the overload run (0: skip it)")
     args = parser.parse_args()
     if not args.pid and not args.unit:
         args.unit = [
@@ -235,11 +474,33 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
+def load_targets(args) -> dict[str, dict]:
+    targets = {
+        args.name: {
+            "embedding": args.embedding_url,
+            "reranker": args.reranker_url,
+            "embedding_model": args.embedding_model,
+            "reranker_model": args.reranker_model,
+        }
+    }
+    rerankers = dict(item.split("=", 1) for item in args.compare_reranker)
+    for item in args.compare:
+        name, url = item.split("=", 1)
+        targets[name] = {
+            "embedding": url,
+            "reranker": rerankers.get(name),
+            "embedding_model": args.embedding_model,
+            "reranker_model": args.reranker_model,
+        }
+    return targets
+
+
 def main() -> None:
     args = parse_args()
     api_key = args.docling_api_key
     if args.docling_api_key_file:
         api_key = args.docling_api_key_file.read_text().strip()
+    pids = service_pids(args)
 
     rows: list[tuple[str, str]] = []
     texts = sample_texts(args.texts)
@@ -247,6 +508,12 @@ def main() -> None:
     rows.append((f"embedding over HTTP ({args.texts} texts, batch {args.batch_size})", f"{emb['http']:.1f} texts/s"))
     rows.append(("embedding in-process (same model, same batch)", f"{emb['local']:.1f} texts/s"))
     rows.append(("HTTP / in-process throughput", f"{emb['http'] / emb['local']:.2f}"))
+
+    if args.load_seconds > 0:
+        print("Load table (rows run against each server in turn):", flush=True)
+        load_table(args, load_targets(args), emb["local"])
+    if args.overload_seconds > 0:
+        rows += overload(args, pids.get("embedding"))
 
     latencies = rerank_latency(args)
     rows.append(
@@ -260,9 +527,11 @@ def main() -> None:
         except (requests.RequestException, AssertionError) as exc:
             # Keep the other figures: a Docling without its models fails here, not the bench.
             rows.append((label, f"failed: {str(exc)[:60]}"))
-    for name, pid in service_pids(args).items():
+    for name, pid in pids.items():
         rows.append((f"resident memory: {name} (pid {pid} + children)", f"{rss_mib(pid):.0f} MiB"))
+        rows.append((f"peak resident memory: {name}", f"{peak_rss_mib(pid):.0f} MiB"))
 
+    print()
     width = max(len(label) for label, _ in rows)
     print(f"{'measure'.ljust(width)}  value")
     print(f"{'-' * width}  {'-' * 16}")

@@ -361,7 +361,9 @@ services = {
         # outside away (see firewall below).
         "bind": "0.0.0.0",
         "gpu": "small",
-        "vram_gb": 1.0,  # document: "<1 GB"
+        # The document says "<1 GB", but BGE-M3's 568M parameters alone are 1.14 GB in fp16; the sum
+        # of what one server holds is under "Load settings" below.
+        "vram_gb": 2.4,
         "models": ["bge-m3"],
         "feature": "vector embeddings",
         "app": {"src": "apps/bge_embedding_server.py", "dest": "/home/kca/bge_embedding_server.py"},
@@ -369,10 +371,58 @@ services = {
         "requirements": "apps/requirements-support.txt",
         "device": "cuda",
         "precision": "fp16",
-        "batch_size": 32,
         "embedding_dim": 1024,
-        # Requests beyond these get a 4xx before any work is done.
-        "limits": {"max_items": 256, "max_text_chars": 32768, "max_body_bytes": 8388608},
+        # Load settings (apps/kca_batching.py). What one BGE server (XLM-RoBERTa large: 24 layers, hidden
+        # 1024, FFN 4096, 568M parameters) can hold on the GPU in fp16, against vram_gb:
+        #   weights               568M x 2 B                                          1.14 GB
+        #   CUDA context          814 MiB measured for the 45 MB MiniLM (docs/gpu-check.md)  ~0.80 GB
+        #   one forward pass      batch_tokens x ~32 KiB (a layer's input, attention output, the
+        #                         4096-wide FFN activation and its GELU: ~20 KiB a token in fp16,
+        #                         x1.5 for the allocator) = 8192 x 32 KiB                    0.27 GB
+        #   attention mask        [pass, 1, L, L] fp16 = 2 B x batch_tokens x max_text_tokens 0.13 GB
+        #   sum                                                                           2.34 GB
+        # Attention runs through PyTorch's SDPA (transformers' default here), which keeps no L x L
+        # scores; the eager fallback would add 64 B x batch_tokens x L = 4 GiB. One pass runs at a
+        # time and each holds at most batch_tokens padded tokens, whatever the requests hold: no
+        # request can take more than this. The per-request caps bound time and host memory.
+        # CPU threads of the forward pass (OMP_NUM_THREADS). One: on the GPU the CPU only feeds it, and on
+        # the 2-core test host a second thread spins against tokenizing, HTTP and the other services
+        # (measured on 2 busy cores: single-request median 40 ms with 1 thread, 700 ms with 2).
+        "threads": 1,
+        "batching": {
+            # Padded tokens per pass: the VRAM term above; one text of BGE-M3's full 8192 tokens fits
+            # one pass, and on the CPU test host a full pass stays under a second.
+            "batch_tokens": 8192,
+            # A pass waits only for requests already admitted and still being read or tokenized, never
+            # when it is alone: a single client pays nothing. 2 ms is small next to a pass.
+            "wait_ms": 2,
+            # Requests admitted at once (read, queued or running); one more gets 503 + Retry-After at
+            # once. 64 = Open WebUI and Dify ingesting with 16+ parallel workers each, with room; the
+            # bodies in memory stay under 64 x max_body_bytes = 512 MiB.
+            "max_queued_requests": 64,
+        },
+        # Requests beyond these get a 4xx before any model work is done.
+        "limits": {
+            "max_items": 256,
+            # About 8192 tokens of English at ~4 characters a token.
+            "max_text_chars": 32768,
+            # Texts are cut here (or at the model's own limit where lower): BGE-M3's own limit, and
+            # the L of the mask term above.
+            "max_text_tokens": 8192,
+            # All texts of one request together: 8 passes, so one client cannot hold the worker long
+            # (256 items x 8192 tokens would be 2M tokens).
+            "max_request_tokens": 65536,
+            "max_body_bytes": 8388608,
+            # A body must arrive within this, or a slow client holds its queue place.
+            "body_timeout_s": 30,
+        },
+        "uvicorn": {
+            # Open connections and tasks; beyond it uvicorn answers a bare 503 itself. Above
+            # max_queued_requests (whose 503 carries Retry-After); bounded for file descriptors.
+            "limit_concurrency": 512,
+            # Idle keep-alive connections close after this (uvicorn's default, stated).
+            "timeout_keep_alive_s": 5,
+        },
     },
     "bge-reranker": {
         "title": "BGE Reranker v2-m3",
@@ -382,7 +432,9 @@ services = {
         "exposure": "internal",
         "bind": "0.0.0.0",
         "gpu": "small",
-        "vram_gb": 2.0,  # document: "~1-2 GB"
+        # The document says "~1-2 GB"; bge-reranker-v2-m3 is the same XLM-RoBERTa-large body as BGE-M3
+        # (568M parameters), so bge-embedding's sum under "Load settings" holds here too.
+        "vram_gb": 2.4,
         "models": ["bge-reranker-v2-m3"],
         "feature": "search re-ranking",
         "app": {"src": "apps/reranker_server.py", "dest": "/models/reranker/api/reranker_server.py"},
@@ -390,8 +442,20 @@ services = {
         "requirements": "apps/requirements-support.txt",
         "device": "cuda",
         "precision": "fp16",
-        "batch_size": 32,
-        "limits": {"max_items": 256, "max_text_chars": 32768, "max_body_bytes": 8388608},
+        # Load settings: as bge-embedding's, and the same VRAM sum (same model body; a pair is cut
+        # longest-first to max_text_tokens as one text is). Rerank requests are smaller (a query and
+        # tens of passages), so they batch across clients as embedding requests do.
+        "threads": 1,
+        "batching": {"batch_tokens": 8192, "wait_ms": 2, "max_queued_requests": 64},
+        "limits": {
+            "max_items": 256,
+            "max_text_chars": 32768,
+            "max_text_tokens": 8192,
+            "max_request_tokens": 65536,
+            "max_body_bytes": 8388608,
+            "body_timeout_s": 30,
+        },
+        "uvicorn": {"limit_concurrency": 512, "timeout_keep_alive_s": 5},
     },
     "docling": {
         "title": "Docling API",

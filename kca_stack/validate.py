@@ -320,6 +320,63 @@ def check_docker(stack: Stack) -> list[Problem]:
     return problems
 
 
+# The load settings of the FastAPI model servers (apps/): (section or None for the service itself, key,
+# smallest, largest, what it is).
+SUPPORT_LOAD_FIELDS = (
+    (None, "threads", 1, 256, "CPU threads of the forward pass"),
+    ("batching", "batch_tokens", 1, 1 << 20, "tokens in one forward pass"),
+    ("batching", "wait_ms", 0, 100, "a short wait in ms: single requests must not pay for batching"),
+    ("batching", "max_queued_requests", 1, 4096, "requests admitted at once"),
+    ("limits", "max_items", 1, 1 << 16, "texts in one request"),
+    ("limits", "max_text_chars", 1, 1 << 24, "characters in one text"),
+    ("limits", "max_text_tokens", 1, 1 << 20, "tokens in one text"),
+    ("limits", "max_request_tokens", 1, 1 << 24, "tokens in one request"),
+    ("limits", "max_body_bytes", 1, 1 << 30, "bytes in one request body"),
+    ("limits", "body_timeout_s", 1, 600, "seconds to receive a body"),
+    ("uvicorn", "limit_concurrency", 1, 65536, "open connections and tasks"),
+    ("uvicorn", "timeout_keep_alive_s", 1, 600, "seconds an idle connection stays open"),
+)
+
+
+def check_support_load(stack: Stack) -> list[Problem]:
+    """Every load setting of a FastAPI model server is a whole number in its range, a text fits one
+    forward pass (or the pass bound says nothing about VRAM), and the queue's own 503 comes before
+    uvicorn's."""
+    problems = []
+    for s in stack.services_of_kind("fastapi"):
+        values = {}
+        for section, key, smallest, largest, meaning in SUPPORT_LOAD_FIELDS:
+            field = f"services.{s.name}.{section}.{key}" if section else f"services.{s.name}.{key}"
+            value = (s.settings.get(section) or {}).get(key) if section else s.settings.get(key)
+            if isinstance(value, bool) or not isinstance(value, int):
+                problems.append(Problem(field, f"is {value!r}, not a whole number", f"set {meaning}"))
+            elif not smallest <= value <= largest:
+                problems.append(
+                    Problem(field, f"{value} is outside {smallest}-{largest}", f"set {meaning} within the range")
+                )
+            else:
+                values[key] = value
+        where = f"services.{s.name}"
+        if values.get("max_text_tokens", 0) > values.get("batch_tokens", 1 << 30):
+            problems.append(
+                Problem(
+                    f"{where}.limits.max_text_tokens",
+                    f"{values['max_text_tokens']} is more than batching.batch_tokens {values['batch_tokens']}",
+                    "raise batch_tokens or lower max_text_tokens: one text must fit one forward pass",
+                )
+            )
+        if values.get("limit_concurrency", 1 << 30) <= values.get("max_queued_requests", 0):
+            problems.append(
+                Problem(
+                    f"{where}.uvicorn.limit_concurrency",
+                    f"{values['limit_concurrency']} is not above batching.max_queued_requests "
+                    f"{values['max_queued_requests']}",
+                    "raise limit_concurrency: the queue's 503 with Retry-After must come before uvicorn's bare one",
+                )
+            )
+    return problems
+
+
 def check_identities(stack: Stack) -> list[Problem]:
     """One identity per service unit (and the proxy): every unit has one, no two share a name or an id,
     and none takes kca's id or an id that containers' files carry on the host."""
@@ -743,6 +800,7 @@ CHECKS = (
     check_backup,
     check_identities,
     check_network,
+    check_support_load,
 )
 
 # What a deploy needs of its target beyond consistent data: the connection's port and where /models

@@ -17,7 +17,7 @@ from .units import UnitSpec, install_unit
 from .util import remote_output, streamed_shell, systemd_command_line
 
 SOURCE = "tasks/support.py"
-COMMON = Path("apps/kca_service_common.py")
+SHARED_MODULES = (Path("apps/kca_service_common.py"), Path("apps/kca_batching.py"))
 
 
 def venv_python(stack: Stack, service: Service) -> str:
@@ -33,16 +33,24 @@ def cache_directory(service: Service) -> str:
 def fastapi_spec(stack: Stack, service: Service) -> UnitSpec:
     s = service.settings
     model = stack.models[service.models[0]]
-    limits = s.get("limits", {})
+    batching, limits, server = s["batching"], s["limits"], s["uvicorn"]
     environment = [
         ("KCA_MODEL_PATH", model.dir),
         ("KCA_MODEL_NAME", model.name),
         ("KCA_DEVICE", s["device"]),
         ("KCA_PRECISION", s["precision"]),
-        ("KCA_BATCH_SIZE", str(s.get("batch_size", 32))),
-        ("KCA_MAX_ITEMS", str(limits.get("max_items", 256))),
-        ("KCA_MAX_TEXT_CHARS", str(limits.get("max_text_chars", 32768))),
-        ("KCA_MAX_BODY_BYTES", str(limits.get("max_body_bytes", 8388608))),
+        ("KCA_BATCH_TOKENS", str(batching["batch_tokens"])),
+        ("KCA_BATCH_WAIT_MS", str(batching["wait_ms"])),
+        ("KCA_MAX_QUEUED_REQUESTS", str(batching["max_queued_requests"])),
+        ("KCA_MAX_ITEMS", str(limits["max_items"])),
+        ("KCA_MAX_TEXT_CHARS", str(limits["max_text_chars"])),
+        ("KCA_MAX_TEXT_TOKENS", str(limits["max_text_tokens"])),
+        ("KCA_MAX_REQUEST_TOKENS", str(limits["max_request_tokens"])),
+        ("KCA_MAX_BODY_BYTES", str(limits["max_body_bytes"])),
+        ("KCA_BODY_TIMEOUT_S", str(limits["body_timeout_s"])),
+        ("KCA_LIMIT_CONCURRENCY", str(server["limit_concurrency"])),
+        ("KCA_TIMEOUT_KEEP_ALIVE_S", str(server["timeout_keep_alive_s"])),
+        ("OMP_NUM_THREADS", str(s["threads"])),
         # The model is on disk already: a hub lookup could only slow the start down or fail.
         ("HF_HUB_OFFLINE", "1"),
         ("HF_HOME", f"%C/{cache_directory(service)}/huggingface"),
@@ -116,17 +124,18 @@ def deploy_support(stack: Stack):
             venv_ops[key] = ensure_requirements(stack, s["venv"], s["requirements"], service.kind)
         ops = [venv_ops[key]]
         if service.kind == "fastapi":
-            # The apps share kca_service_common.py; a script's own folder is first on sys.path.
-            ops.append(
-                files.put(
-                    name=f"Install {COMMON.name} beside {s['app']['dest']}",
-                    src=str(COMMON),
-                    dest=f"{Path(s['app']['dest']).parent}/{COMMON.name}",
-                    user="root",
-                    group=stack.user.name,
-                    mode="0644",
+            # The apps share these modules; a script's own folder is first on sys.path.
+            for shared in SHARED_MODULES:
+                ops.append(
+                    files.put(
+                        name=f"Install {shared.name} beside {s['app']['dest']}",
+                        src=str(shared),
+                        dest=f"{Path(s['app']['dest']).parent}/{shared.name}",
+                        user="root",
+                        group=stack.user.name,
+                        mode="0644",
+                    )
                 )
-            )
             ops.append(
                 files.put(
                     name=f"Install {s['app']['dest']}",

@@ -60,6 +60,13 @@ def with_models_device(**changes):
     return mutate
 
 
+def set_load(service, section, key, value):
+    def mutate(data):
+        data["services"][service][section][key] = value
+
+    return mutate
+
+
 def set_path(key, value):
     def mutate(data):
         data["paths"][key] = value
@@ -230,6 +237,54 @@ BAD_STACKS = [
         lambda d: d["models"]["exaone-32b"]["files"][0].update(size="19 GB"),
         "models.exaone-32b.files[0].size",
         "must be int",
+    ),
+    (
+        "no CPU thread for the forward pass",
+        set_key("services", "bge-reranker", "threads", 0),
+        "services.bge-reranker.threads",
+        "outside 1-256",
+    ),
+    (
+        "no token budget per forward pass",
+        set_load("bge-embedding", "batching", "batch_tokens", 0),
+        "services.bge-embedding.batching.batch_tokens",
+        "outside 1-",
+    ),
+    (
+        "a batching wait that is not short",
+        set_load("bge-reranker", "batching", "wait_ms", 500),
+        "services.bge-reranker.batching.wait_ms",
+        "outside 0-100",
+    ),
+    (
+        "queue bound not a number",
+        set_load("bge-embedding", "batching", "max_queued_requests", "64"),
+        "services.bge-embedding.batching.max_queued_requests",
+        "not a whole number",
+    ),
+    (
+        "request token cap missing",
+        lambda d: d["services"]["bge-reranker"]["limits"].pop("max_request_tokens"),
+        "services.bge-reranker.limits.max_request_tokens",
+        "is None",
+    ),
+    (
+        "negative body timeout",
+        set_load("bge-embedding", "limits", "body_timeout_s", -1),
+        "services.bge-embedding.limits.body_timeout_s",
+        "outside 1-600",
+    ),
+    (
+        "a text longer than a forward pass",
+        set_load("bge-embedding", "limits", "max_text_tokens", 16384),
+        "services.bge-embedding.limits.max_text_tokens",
+        "more than batching.batch_tokens 8192",
+    ),
+    (
+        "uvicorn refuses before the queue does",
+        set_load("bge-reranker", "uvicorn", "limit_concurrency", 64),
+        "services.bge-reranker.uvicorn.limit_concurrency",
+        "not above batching.max_queued_requests 64",
     ),
 ]
 
