@@ -12,7 +12,7 @@ from pyinfra.operations import apt, files, pip, server
 from kca_stack import Service, Stack
 from kca_stack.validate import moving_refs
 
-from .util import remote_output
+from .util import first_not_owned, remote_output
 
 
 def os_profile(stack: Stack) -> dict:
@@ -94,7 +94,7 @@ def deploy_base(stack: Stack) -> None:
             path=venv.path,
             python=profile["python"],
         )
-        not_roots = remote_output(f"find {venv.path} ! -user root -print -quit 2>/dev/null || true")
+        not_roots = first_not_owned(venv.path, "root", 0)
         if not_roots:
             server.shell(
                 name=f"Give {venv.path} back to root (it held files of another user)",

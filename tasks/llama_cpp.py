@@ -17,7 +17,7 @@ from pyinfra.operations import files, server
 
 from kca_stack import Stack
 
-from .util import local_artifact, remote_output, streamed_shell
+from .util import first_not_owned, local_artifact, remote_output, streamed_shell
 
 
 def layout(stack: Stack) -> dict[str, str]:
@@ -59,7 +59,7 @@ def deploy_llama_cpp(stack: Stack):
     # they point at); then nothing in them is root's.
     for tree in (where["root"], *([ccache_dir] if cpp.ccache else [])):
         files.directory(name=f"Create {tree}", path=tree, **owner)
-        if remote_output(f"find {tree} ! -user {stack.user.name} -print -quit 2>/dev/null || true"):
+        if first_not_owned(tree, stack.user.name, stack.user.uid):
             server.shell(
                 name=f"Give {tree} to {stack.user.name} (the build runs as {stack.user.name})",
                 commands=[f"chown -hR {stack.user.name}:{stack.user.name} {tree}"],

@@ -19,7 +19,7 @@ from pyinfra.operations import files, server
 from kca_stack import Stack
 from kca_stack.model import Model
 
-from .util import local_artifact, remote_output, streamed_shell
+from .util import first_not_owned, local_artifact, remote_output, streamed_shell
 
 FETCHER = "/usr/local/sbin/kca-fetch-model"
 STANDIN_BUILDER_DIR = "/usr/local/lib/kca"
@@ -119,7 +119,7 @@ def give_to_owner(stack: Stack, folder: str) -> None:
     """Files an older, root-run fetch or build left in a model's folder go to its owner (chown -h: links
     themselves, never what they point at); a converged folder costs one find."""
     owner = stack.user.name
-    if remote_output(f"find {shlex.quote(folder)} ! -user {owner} -print -quit 2>/dev/null || true"):
+    if first_not_owned(folder, owner, stack.user.uid):
         server.shell(
             name=f"Give {folder} to {owner}",
             commands=[f"chown -hR {owner}:{owner} {shlex.quote(folder)}"],

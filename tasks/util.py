@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tarfile
@@ -51,6 +52,14 @@ def remote_output(command: str) -> str:
     from pyinfra.facts.server import Command
 
     return (host.get_fact(Command, command) or "").strip()
+
+
+def first_not_owned(path: str, owner: str, uid: int | None = None) -> str:
+    """The first file under `path` that `owner` does not own ('' when none), read at planning. By uid
+    where the data fixes one: on a new host the account does not exist yet when this is read, and
+    `find -user NAME` would fail and so find nothing."""
+    test = f"-uid {uid}" if uid is not None else f"-user {shlex.quote(owner)}"
+    return remote_output(f"find {shlex.quote(path)} ! {test} -print -quit 2>/dev/null || true")
 
 
 def systemd_quote(arg: str) -> str:
