@@ -21,27 +21,14 @@ import os
 import secrets
 from pathlib import Path
 
+import site_settings
 from testhost import contract
 
 _HERE = Path(__file__).resolve().parent
 
 
-def _settings() -> dict:
-    """production.env first, the environment on top (so a CI secret can override the file)."""
-    settings = {}
-    env_file = _HERE / "production.env"
-    if env_file.exists():
-        for line in env_file.read_text().splitlines():
-            line = line.strip()
-            if line and not line.startswith("#") and "=" in line:
-                key, value = line.split("=", 1)
-                settings[key.strip()] = value.strip().strip("'\"")
-    settings.update({k: v for k, v in os.environ.items() if k.startswith("KCA_")})
-    return settings
-
-
-_SETTINGS = _settings()
-# Keep the environment in step, so group_data/production.py sees KCA_MODELS_DEVICE from the file too.
+_SETTINGS = site_settings.read()
+# Keep the environment in step: the backup task reads the repository password from it.
 for _key, _value in _SETTINGS.items():
     os.environ.setdefault(_key, _value)
 

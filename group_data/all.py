@@ -52,10 +52,8 @@ container_uids = {1001: "Dify api/worker/web", 70: "PostgreSQL (alpine)", 999: "
 paths = {
     # Every path in this file must lie under one of these roots (checked before the run).
     "roots": ["/home/kca", "/models", "/opt/ai-platform", "/etc/systemd/system", "/etc/kca", "/var/lib/kca-backup"],
-    "models": "/models",
     "llama_cpp": "/home/kca/llama.cpp",
     "openwebui": "/home/kca/openwebui",
-    "venv_link": "/home/kca/venv",
     "dify": "/opt/ai-platform/dify-official/docker",
     "secrets": "/etc/kca/secrets",
     "units": "/etc/systemd/system",

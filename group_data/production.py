@@ -1,16 +1,18 @@
 """The real GPU server. Its address and SSH user come from production.env or the environment
-(see inventory.py); only site-independent choices are committed here.
+(site_settings.py, also read by inventory.py); only site-independent choices are committed here.
 """
 
-import os
+import site_settings
 
-# The GPU is present here (all.py says so too): nothing to override.
+_SITE = site_settings.read()
 
-# The partition that holds /models, e.g. /dev/nvme1n1p1. Site-specific, so never committed:
-# set KCA_MODELS_DEVICE in production.env. Without it the deploy refuses before any operation
-# (kca_stack: models_filesystem.device), unless models_filesystem.plain_directory is set on purpose.
-models_device = os.environ.get("KCA_MODELS_DEVICE")
+models_filesystem = {
+    # The partition that holds /models, e.g. /dev/nvme1n1p1. Site-specific, so never committed:
+    # set KCA_MODELS_DEVICE in production.env. Without it the deploy refuses before any operation
+    # (kca_stack: models_filesystem.device), unless models_filesystem.plain_directory is set on purpose.
+    "device": _SITE.get("KCA_MODELS_DEVICE"),
+}
 
 # The restic repository, off this server (restic's syntax: a path, sftp:..., rest:..., s3:...). Site-specific:
 # set KCA_BACKUP_REPOSITORY in production.env; its password goes in KCA_BACKUP_PASSWORD beside it.
-backup = {"repository": os.environ.get("KCA_BACKUP_REPOSITORY")}
+backup = {"repository": _SITE.get("KCA_BACKUP_REPOSITORY")}

@@ -237,8 +237,7 @@ def build_stack(data: Mapping[str, Any], target: bool = False) -> Stack:
     raw_fs = r.get(data, "models_filesystem", "data", Mapping, {})
     models_filesystem = ModelsFilesystem(
         mountpoint=r.get(raw_fs, "mountpoint", "models_filesystem", str, "/models"),
-        # production.py reads the device from the environment into `models_device`.
-        device=data.get("models_device") or raw_fs.get("device"),
+        device=r.get(raw_fs, "device", "models_filesystem", (str, type(None)), None),
         fstype=r.get(raw_fs, "fstype", "models_filesystem", str, "ext4"),
         options=r.get(raw_fs, "options", "models_filesystem", str, "defaults"),
         format_empty=r.get(raw_fs, "format_empty", "models_filesystem", bool, False),

@@ -29,7 +29,7 @@ from .util import remote_output, streamed_shell
 
 SOURCE = "tasks/backup.py"
 SCRIPT = "/usr/local/sbin/kca-backup"
-SCRIPT_SOURCE = "templates/usr/local/sbin/kca-backup"
+SCRIPT_SOURCE = "files/usr/local/sbin/kca-backup"
 SERVICE_TEMPLATE = "templates/etc/systemd/system/kca-backup.service.j2"
 TIMER_TEMPLATE = "templates/etc/systemd/system/kca-backup.timer.j2"
 # The environment variables of a one-run restore (./kca restore sets them).

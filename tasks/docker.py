@@ -168,13 +168,13 @@ def install_helpers() -> None:
     files.directory(name=f"Create {SECRET_TEMPLATES}", path=SECRET_TEMPLATES, mode="0700")
     files.put(
         name="Install kca-render-secrets (puts the host's secrets into rendered files)",
-        src="templates/usr/local/sbin/kca-render-secrets",
+        src="files/usr/local/sbin/kca-render-secrets",
         dest=RENDER_SECRETS,
         mode="0755",
     )
     files.put(
         name="Install kca-compose-ports (what a compose project publishes)",
-        src="templates/usr/local/sbin/kca-compose-ports",
+        src="files/usr/local/sbin/kca-compose-ports",
         dest=COMPOSE_PORTS,
         mode="0755",
     )

@@ -200,7 +200,7 @@ def install_switch(stack: Stack):
     )
     files.put(
         name="Install kca-gpu-switch",
-        src="templates/usr/local/bin/kca-gpu-switch",
+        src="files/usr/local/bin/kca-gpu-switch",
         dest="/usr/local/bin/kca-gpu-switch",
         mode="0755",
     )

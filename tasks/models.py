@@ -126,6 +126,19 @@ def give_to_owner(stack: Stack, folder: str) -> None:
         )
 
 
+def free_space_check(model: Model) -> str:
+    """A shell check that the model's folder has room for what is still missing of it (models.*.disk_gb
+    less what is already there): a full disk stops before a download, not in the middle of one."""
+    folder = shlex.quote(model.dir)
+    need = int(model.disk_gb * 1e9)
+    return (
+        f"have=$(du -sb {folder} | cut -f1); free=$(df -B1 --output=avail {folder} | tail -n 1); "
+        f"if [ $(({need} - have)) -gt $free ]; then echo '{model.name}: needs about {model.disk_gb:g} GB in "
+        f"{model.dir}, '$((free / 1000000000))' GB are free; nothing was fetched. Fix: free space on the models "
+        "disk, or a larger one.' >&2; exit 1; fi"
+    )
+
+
 @deploy("Models")
 def deploy_models(stack: Stack, kinds: tuple[str, ...]):
     """Place the model files of the services of `kinds`. Returns {model: [operations]}: a service
@@ -141,7 +154,7 @@ def deploy_models(stack: Stack, kinds: tuple[str, ...]):
 
     files.put(
         name=f"Install {FETCHER}",
-        src=f"templates{FETCHER}",
+        src=f"files{FETCHER}",
         dest=FETCHER,
         mode="0755",
     )
@@ -157,12 +170,14 @@ def deploy_models(stack: Stack, kinds: tuple[str, ...]):
         give_to_owner(stack, model.dir)
         # The fetcher runs as the folder's owner, not root: root never writes through a path another
         # user could have laid (a .part that is a symlink).
-        for role_file, command in pending:
+        for index, (role_file, command) in enumerate(pending):
             logger.info(f"{host.name}: {model.name}: {role_file.file or role_file.repo} will be fetched")
+            # Checked when the fetch runs (the models disk may be mounted by this very deploy).
+            space = [free_space_check(model)] if index == 0 and model.disk_gb else []
             changes[model.name].append(
                 streamed_shell(
                     name=f"Fetch {model.name} ({role_file.role}: {role_file.file or 'snapshot'})",
-                    commands=[command, f"chmod -R {READABLE} {shlex.quote(model.dir)}"],
+                    commands=[*space, command, f"chmod -R {READABLE} {shlex.quote(model.dir)}"],
                     _sudo=True,
                     _sudo_user=owner,
                 )

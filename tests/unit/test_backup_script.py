@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "templates/usr/local/sbin/kca-backup"
+SCRIPT = Path(__file__).resolve().parents[2] / "files/usr/local/sbin/kca-backup"
 RESTIC = shutil.which("restic")
 needs_restic = pytest.mark.skipif(RESTIC is None, reason="restic is not installed here (apt-get install restic)")
 

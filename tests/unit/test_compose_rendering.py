@@ -38,8 +38,8 @@ def load_script(name: str, path: Path):
     return module
 
 
-render_secrets = load_script("kca_render_secrets", ROOT / "templates/usr/local/sbin/kca-render-secrets")
-compose_ports = load_script("kca_compose_ports", ROOT / "templates/usr/local/sbin/kca-compose-ports")
+render_secrets = load_script("kca_render_secrets", ROOT / "files/usr/local/sbin/kca-render-secrets")
+compose_ports = load_script("kca_compose_ports", ROOT / "files/usr/local/sbin/kca-compose-ports")
 
 # What Dify's docker-compose.yaml (1.13.x) ships a default for, and must never run with.
 UPSTREAM_DEFAULT_SECRETS = [
@@ -377,7 +377,7 @@ def test_render_secrets_writes_0600_atomically_and_leaves_a_converged_file_alone
     source.write_text("A=@@secret:llm-api-key@@\nB=redis://:@@secret:llm-api-key@@@redis:6379/1\n")
     out = tmp_path / "out"
     env = {**os.environ, "KCA_SECRETS_DIR": str(secrets_dir)}
-    script = str(ROOT / "templates/usr/local/sbin/kca-render-secrets")
+    script = str(ROOT / "files/usr/local/sbin/kca-render-secrets")
     first = subprocess.run(["python3", script, str(source), str(out)], capture_output=True, text=True, env=env)
     assert first.returncode == 0, first.stderr
     assert out.read_text() == "A=fakellmapikey\nB=redis://:fakellmapikey@redis:6379/1\n"
@@ -394,7 +394,7 @@ def test_render_secrets_refuses_a_missing_secret(tmp_path, secrets_dir):
     source.write_text("A=@@secret:no-such-secret@@\n")
     out = tmp_path / "out"
     env = {**os.environ, "KCA_SECRETS_DIR": str(secrets_dir)}
-    script = str(ROOT / "templates/usr/local/sbin/kca-render-secrets")
+    script = str(ROOT / "files/usr/local/sbin/kca-render-secrets")
     done = subprocess.run(["python3", script, str(source), str(out)], capture_output=True, text=True, env=env)
     assert done.returncode != 0
     assert "no-such-secret" in done.stderr

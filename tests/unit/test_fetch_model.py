@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-FETCHER = Path(__file__).resolve().parents[2] / "templates/usr/local/sbin/kca-fetch-model"
+FETCHER = Path(__file__).resolve().parents[2] / "files/usr/local/sbin/kca-fetch-model"
 PAYLOAD = os.urandom(3 * 1024 * 1024 + 123)
 DIGEST = hashlib.sha256(PAYLOAD).hexdigest()
 CONFIG = json.dumps({"architectures": ["Stand-in"], "hidden_size": 8}).encode()

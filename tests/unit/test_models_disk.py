@@ -8,7 +8,7 @@ import jinja2
 import pytest
 
 from kca_stack import build_stack
-from kca_stack.data import group_data
+from kca_stack.data import deep_merge, group_data
 from tasks import llm, support
 from tasks.units import JINJA, UNIT_TEMPLATE, unit_context
 
@@ -30,7 +30,7 @@ def unit_lines(stack, service) -> list[str]:
 
 @pytest.fixture
 def production():
-    return build_stack({**group_data("production"), "models_device": MODELS_DEVICE})
+    return build_stack(deep_merge(group_data("production"), {"models_filesystem": {"device": MODELS_DEVICE}}))
 
 
 def test_every_unit_that_reads_the_models_disk_requires_its_mount(production):
@@ -48,7 +48,7 @@ def test_no_unit_waits_for_a_mount_where_models_is_a_plain_directory():
 
 
 def test_a_service_that_reads_nothing_under_models_does_not_wait_for_it(production):
-    data = {**group_data("production"), "models_device": MODELS_DEVICE}
+    data = deep_merge(group_data("production"), {"models_filesystem": {"device": MODELS_DEVICE}})
     data["models"] = {**data["models"], "qwen3-vl-8b": {**data["models"]["qwen3-vl-8b"], "dir": "/opt/ai-platform/q"}}
     stack = build_stack(data)
     lines = unit_lines(stack, stack.services["qwen3-vl"])

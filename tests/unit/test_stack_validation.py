@@ -52,10 +52,16 @@ def directory_field(path):
     return f"directories[{index}].owner"
 
 
+def with_device(data: dict) -> dict:
+    """`data` with the models device production.env would give."""
+    data = copy.deepcopy(data)
+    data["models_filesystem"]["device"] = MODELS_DEVICE
+    return data
+
+
 def with_models_device(**changes):
     def mutate(data):
-        data["models_device"] = MODELS_DEVICE
-        data["models_filesystem"].update(changes)
+        data["models_filesystem"].update(device=MODELS_DEVICE, **changes)
 
     return mutate
 
@@ -333,7 +339,7 @@ BAD_TARGETS = [
     (
         "production with no models device",
         "production",
-        lambda d: d.pop("models_device", None),
+        lambda d: d["models_filesystem"].update(device=None),
         "models_filesystem.device",
         "no device is configured for /models",
     ),
@@ -354,7 +360,8 @@ BAD_TARGETS = [
 )
 def test_bad_target_is_refused_naming_the_field(group, mutate, field, words):
     data = copy.deepcopy(group_data(group))
-    data["models_device"] = data.get("models_device") or (MODELS_DEVICE if group == "production" else None)
+    if group == "production":
+        data["models_filesystem"]["device"] = MODELS_DEVICE
     mutate(data)
     with pytest.raises(StackError) as refused:
         load_stack(data)
@@ -365,12 +372,12 @@ def test_bad_target_is_refused_naming_the_field(group, mutate, field, words):
 
 def test_the_deploy_accepts_the_committed_targets():
     assert load_stack({**group_data("testhost"), "ssh_port": 22}).models_filesystem.plain_directory
-    production = load_stack({**group_data("production"), "models_device": MODELS_DEVICE, "ssh_port": 22})
+    production = load_stack({**with_device(group_data("production")), "ssh_port": 22})
     assert production.models_filesystem.device == MODELS_DEVICE
 
 
 def test_production_lists_every_ref_that_still_moves():
-    stack = build_stack({**group_data("production"), "models_device": MODELS_DEVICE})
+    stack = build_stack(with_device(group_data("production")))
     refs = moving_refs(stack)
     assert "models.gpt-oss-20b.files[0].revision = 'main' (a branch: pin the commit)" in refs
     assert "models.bge-m3.files[0].revision = 'main' (a branch: pin the commit)" in refs
