@@ -3,9 +3,12 @@ the Python environment at /models/venv (with the /home/kca/venv symlink)."""
 
 from __future__ import annotations
 
+import shlex
+
 from pyinfra import host, logger
 from pyinfra.api import deploy
 from pyinfra.facts.deb import DebPackages
+from pyinfra.facts.files import File
 from pyinfra.facts.server import LinuxDistribution
 from pyinfra.operations import apt, files, pip, server
 
@@ -22,6 +25,25 @@ def os_profile(stack: Stack) -> dict:
     if key not in stack.os_profiles:
         raise SystemExit(f"{host.name}: unsupported OS {key!r}; supported: {', '.join(stack.os_profiles)}")
     return stack.os_profiles[key]
+
+
+def fetch_signing_key(label: str, url: str, keyring: str, fingerprint: str, dearmor: bool) -> None:
+    """An apt repository's signing key into `keyring`, refused unless it has `fingerprint`; fetched once
+    (a keyring that is there is left alone). `dearmor`: store it binary (a .gpg keyring)."""
+    if host.get_fact(File, path=keyring):
+        return
+    wanted = fingerprint.replace(" ", "").upper()
+    tmp = f"{keyring}.new"
+    store = f"gpg --dearmor --yes -o {keyring} {tmp}" if dearmor else f"install -m 0644 {tmp} {keyring}"
+    server.shell(
+        name=f"Fetch {label} and check its fingerprint",
+        commands=[
+            f"curl -fsSL {shlex.quote(url)} -o {tmp}",
+            f"gpg --show-keys --with-colons {tmp} | grep -q '^fpr:::::::::{wanted}:'"
+            f" || {{ echo '{label}: fingerprint is not {wanted}' >&2; rm -f {tmp}; exit 1; }}",
+            f"{store} && rm -f {tmp}",
+        ],
+    )
 
 
 def packages_missing(wanted: list[str]) -> list[str]:

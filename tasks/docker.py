@@ -15,7 +15,7 @@ from pyinfra.operations import apt, files, server, systemd
 
 from kca_stack import Stack
 
-from .base import os_profile, packages_missing
+from .base import fetch_signing_key, os_profile, packages_missing
 from .util import local_artifact, put_json, remote_output
 
 SOURCE = "tasks/docker.py"
@@ -126,18 +126,13 @@ def install_docker_ce(stack: Stack) -> None:
         no_recommends=True,
     )
     files.directory(name="Create /etc/apt/keyrings", path="/etc/apt/keyrings", mode="0755")
-    if not host.get_fact(File, path=keyring):
-        fingerprint = repo["key_fingerprint"].replace(" ", "").upper()
-        tmp = f"{keyring}.new"
-        server.shell(
-            name="Fetch Docker's repository key and check its fingerprint",
-            commands=[
-                f"curl -fsSL {shlex.quote(repo['key_url'].format(distro=distro))} -o {tmp}",
-                f"gpg --show-keys --with-colons {tmp} | grep -q '^fpr:::::::::{fingerprint}:'"
-                f" || {{ echo 'Docker repository key: fingerprint is not {fingerprint}' >&2; rm -f {tmp}; exit 1; }}",
-                f"install -m 0644 {tmp} {keyring} && rm -f {tmp}",
-            ],
-        )
+    fetch_signing_key(
+        "Docker's repository key",
+        repo["key_url"].format(distro=distro),
+        keyring,
+        repo["key_fingerprint"],
+        dearmor=False,
+    )
     arch = remote_output("dpkg --print-architecture") or "amd64"
     sources = files.template(
         name="Add Docker's apt repository",

@@ -11,7 +11,6 @@ driver stays on the branch in data (an apt pin): a new branch is a decision, not
 
 from __future__ import annotations
 
-import shlex
 from io import BytesIO
 
 from pyinfra import host, logger
@@ -21,7 +20,7 @@ from pyinfra.operations import apt, files, python, server
 
 from kca_stack import Stack
 
-from .base import os_profile, packages_missing
+from .base import fetch_signing_key, os_profile, packages_missing
 from .util import remote_output
 
 
@@ -102,18 +101,9 @@ def deploy_nvidia(stack: Stack) -> None:
     keyring = toolkit["keyring"]
     if not host.get_fact(File, path=keyring):
         apt.packages(name="Install gnupg (checks the toolkit key)", packages=["gnupg"], no_recommends=True)
-        fingerprint = toolkit["key_fingerprint"].replace(" ", "").upper()
-        tmp = f"{keyring}.new"
-        server.shell(
-            name="Fetch NVIDIA's container toolkit key and check its fingerprint",
-            commands=[
-                f"curl -fsSL {shlex.quote(toolkit['key_url'])} -o {tmp}",
-                f"gpg --show-keys --with-colons {tmp} | grep -q '^fpr:::::::::{fingerprint}:'"
-                f" || {{ echo 'NVIDIA container toolkit key: fingerprint is not {fingerprint}' >&2; rm -f {tmp}; "
-                "exit 1; }",
-                f"gpg --dearmor --yes -o {keyring} {tmp} && rm -f {tmp}",
-            ],
-        )
+    fetch_signing_key(
+        "NVIDIA's container toolkit key", toolkit["key_url"], keyring, toolkit["key_fingerprint"], dearmor=True
+    )
     if packages_missing(list(toolkit["packages"])):
         server.shell(
             name="Add NVIDIA's container toolkit repository",
