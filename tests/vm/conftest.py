@@ -116,6 +116,10 @@ class VM:
             raise AssertionError(f"{command!r} failed in the VM: {done.stderr[-1000:]}")
         return done.stdout
 
+    def environment(self) -> dict[str, str]:
+        """The environment of a command that reaches this VM as the deploy does (inventory.py's target)."""
+        return {**os.environ, "KCA_TARGET": "testhost"}
+
     def deploy_layers(self) -> list[str]:
         return VM_DATA["deploy_layers_by_accel"][self.accel]
 
@@ -144,7 +148,7 @@ class VM:
             cwd=ROOT,
             capture_output=True,
             text=True,
-            env={**os.environ, "KCA_TARGET": "testhost"},
+            env=self.environment(),
         )
         return Deploy(done.returncode, done.stdout + done.stderr, done.stdout, time.monotonic() - started)
 
