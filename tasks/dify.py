@@ -38,7 +38,7 @@ def services(stack: Stack) -> list[Service]:
 
 
 def compose_name(service: Service) -> str:
-    return service.settings["compose_service"]
+    return service.settings.compose_service
 
 
 def port_spec(service: Service, port) -> str:

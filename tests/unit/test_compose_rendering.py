@@ -181,7 +181,7 @@ def test_openwebui_lists_every_llm_backend_in_order(stack):
     assert [int(u.split(":")[2].split("/")[0]) for u in urls] == [8080, 8081, 8082, 8084]
     keys = render(openwebui.ENV_TEMPLATE, openwebui.env_context(stack))
     line = next(x for x in keys.splitlines() if x.startswith("OPENAI_API_KEYS="))
-    assert line.split("=", 1)[1].split(";") == [f"@@secret:{s.settings['api_key_secret']}@@" for s in backends]
+    assert line.split("=", 1)[1].split(";") == [f"@@secret:{s.api_key_secret}@@" for s in backends]
 
 
 def test_openwebui_rag_and_docling_point_at_the_host_services(stack):
@@ -283,7 +283,7 @@ def test_dify_project_publishes_exactly_the_stack_ports(stack, secrets_dir, tmp_
     }
     assert "weaviate" not in {row[0] for row in published}
     for name, ip, port, _, _ in published:
-        service = next(s for s in dify.services(stack) if s.settings["compose_service"] == name)
+        service = next(s for s in dify.services(stack) if s.settings.compose_service == name)
         assert (ip, int(port)) in {(service.bind, p.number) for p in service.ports}
     # The deploy's on-host check compares kca-compose-ports' output with this text.
     assert "\n".join(" ".join((n, i, p, f"{t}/{pr}")) for n, i, p, t, pr in published) == published_lines(

@@ -11,21 +11,14 @@ import pytest
 
 from kca_stack import build_stack
 from kca_stack.data import group_data
-from tasks import llm, support
-from tasks.units import JINJA, UNIT_TEMPLATE, unit_context
+from tasks import llm
+from tasks.units import JINJA, UNIT_TEMPLATE, unit_context, unit_spec
 from tasks.util import systemd_command_line, systemd_quote
-
-SPECS = {
-    "llama.cpp": llm.llama_server_spec,
-    "vllm": llm.vllm_spec,
-    "fastapi": support.fastapi_spec,
-    "docling-serve": support.docling_spec,
-}
 
 
 def render(stack, service) -> str:
-    """The unit as pyinfra renders it: the same template, the same context."""
-    spec = SPECS[service.kind](stack, service)
+    """The unit as pyinfra renders it: the same template, the same context, the spec its kind names."""
+    spec = unit_spec(stack, service)
     environment = jinja2.Environment(loader=jinja2.FileSystemLoader("."), keep_trailing_newline=True, **JINJA)
     return environment.get_template(UNIT_TEMPLATE).render(**unit_context(stack, service, spec, "test"))
 
@@ -115,7 +108,7 @@ def test_every_relaxation_says_why(stack):
 def test_secrets_reach_units_as_credentials_only(stack):
     for service in stack.systemd_services():
         text = render(stack, service)
-        secret = service.settings.get("api_key_secret")
+        secret = service.api_key_secret
         if secret:
             assert f"LoadCredential={secret}:{stack.paths['secrets']}/{secret}" in text
             assert f"{stack.paths['secrets']}/{secret}" not in directives(text)["ExecStart"][0]
