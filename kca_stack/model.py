@@ -9,6 +9,7 @@ A service's kind-specific settings are declared with its kind in `kca_stack.kind
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Literal
@@ -328,11 +329,47 @@ class Standin:
     base: str | None = setting(None, doc="the model the build starts from")
 
 
+def _network_problem(value: tuple[str, ...]) -> str | None:
+    for text in value:
+        try:
+            ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            return f"{text!r} is not a network"
+    return None
+
+
+@dataclass(frozen=True)
+class Network:
+    domain: str = setting(doc="the server's domain name", pattern=r"[a-z0-9.-]+")
+    docker_network: str = setting(doc="the Docker network of the services", pattern=r"[a-z0-9][a-z0-9_.-]*")
+    # Docker's com.docker.network.bridge.name: the firewall opens the internal ports to this bridge only.
+    # Linux interface names are at most 15 characters (IFNAMSIZ - 1).
+    docker_network_bridge: str = setting(
+        doc="a Linux interface name (at most 15 letters, digits, - _ .)", pattern=r"[A-Za-z0-9_.-]{1,15}"
+    )
+    # Where containers come from when they reach host services.
+    docker_subnets: tuple[str, ...] = setting((), doc="networks such as 172.16.0.0/12", check=_network_problem)
+    # Bridges whose containers may open connections out through the host: Docker's default bridge and the
+    # bridges of user-defined networks (compose projects). Egress only: internal ports answer the one
+    # named bridge of docker_network.
+    docker_egress_bridges: tuple[str, ...] = setting(
+        ("docker0", "br-*"), doc="interface names (a trailing * matches many)", pattern=r"[A-Za-z0-9_.-]{1,15}\*?"
+    )
+    ssh_port: int = setting(22, doc="the SSH port the firewall opens", **PORT)
+
+
+@dataclass(frozen=True)
+class Firewall:
+    # When enabled, internal services may bind the wildcard address: the firewall keeps them internal.
+    enabled: bool = setting(False, doc="whether the firewall is on")
+
+
 @dataclass(frozen=True)
 class Stack:
     gpu: Gpu = setting(doc="the GPU")
     scenarios: Mapping[str, Scenario] = setting(key="vram_scenarios", doc="the VRAM scenarios")
     services: Mapping[str, Service] = setting(doc="the services")
+    network: Network = setting(doc="the network")
     user: User = setting(User(), doc="the operator's account")
     paths: Mapping[str, str | tuple[str, ...]] = setting({}, doc="the roots and named paths")
     directories: tuple[Directory, ...] = setting((), doc="the directory tree")
@@ -341,8 +378,7 @@ class Stack:
     base_packages: tuple[str, ...] = setting((), doc="OS packages", pattern=r"[a-z0-9][a-z0-9.+-]*")
     os_profiles: Mapping[str, Mapping[str, Any]] = setting({}, doc="what differs per OS")
     models: Mapping[str, Model] = setting({}, doc="the models")
-    network: Mapping[str, Any] = setting({}, doc="the network")
-    firewall: Mapping[str, Any] = setting({}, doc="the firewall")
+    firewall: Firewall = setting(Firewall(), doc="the firewall")
     llama_cpp: LlamaCpp | None = setting(None, doc="the llama.cpp build")
     artifacts: Mapping[str, Artifact] = setting({}, doc="registry files")
     secrets: Mapping[str, Secret] = setting({}, doc="the generated secrets")

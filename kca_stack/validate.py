@@ -48,7 +48,7 @@ def check_ports(stack: Stack) -> list[Problem]:
     """No host port claimed twice (SSH included); each port's range is declared with it (model.Port)."""
     problems = []
     owners: dict[int, list[str]] = defaultdict(list)
-    ssh_port = stack.network.get("ssh_port", 22)
+    ssh_port = stack.network.ssh_port
     owners[ssh_port].append("network.ssh_port")
     for s in stack.services.values():
         for port in s.ports:
@@ -72,7 +72,7 @@ def check_binds(stack: Stack) -> list[Problem]:
     """An internal service never listens on a public address, and only on the wildcard address when
     the firewall keeps the outside away; an external one listens where the outside can reach it."""
     problems = []
-    firewall_on = bool(stack.firewall.get("enabled", False))
+    firewall_on = bool(stack.firewall.enabled)
     for s in stack.services.values():
         where = f"services.{s.name}.bind"
         try:
@@ -385,30 +385,6 @@ def _is_loopback(address: str) -> bool:
         return False
 
 
-def check_network(stack: Stack) -> list[Problem]:
-    """The Docker network's bridge has a name the firewall can match exactly."""
-    from .firewall import MAX_INTERFACE_NAME
-
-    bridge = stack.network.get("docker_network_bridge")
-    if not isinstance(bridge, str) or not bridge:
-        return [
-            Problem(
-                "network.docker_network_bridge",
-                "is missing: the firewall opens the internal ports to this bridge only",
-                "name the bridge of network.docker_network, e.g. 'br-ai-network'",
-            )
-        ]
-    if len(bridge) > MAX_INTERFACE_NAME or not all(c.isalnum() or c in "-_." for c in bridge):
-        return [
-            Problem(
-                "network.docker_network_bridge",
-                f"{bridge!r} is not a Linux interface name (at most {MAX_INTERFACE_NAME} letters, digits, - _ .)",
-                "pick a shorter plain name",
-            )
-        ]
-    return []
-
-
 # Which captures give a consistent copy of which kind of state.
 CAPTURES_OF_KIND = {
     "sqlite": ("sqlite-backup",),
@@ -561,7 +537,7 @@ def check_backup(stack: Stack) -> list[Problem]:
 def check_ssh_port(stack: Stack) -> list[Problem]:
     """The firewall opens network.ssh_port; the deploy connects on the inventory's port. If they differ,
     the first deploy locks itself (and the operator) out."""
-    wanted = stack.network.get("ssh_port", 22)
+    wanted = stack.network.ssh_port
     if wanted == stack.connection_port:
         return []
     return [
@@ -863,7 +839,6 @@ CHECKS = (
     check_state,
     check_backup,
     check_identities,
-    check_network,
     check_support_load,
 )
 

@@ -89,7 +89,7 @@ def compose_context(stack: Stack) -> dict:
         "container_port": port.target,
         "env_file": cfg["env_file"],
         "environment": environment(stack),
-        "network": stack.network["docker_network"],
+        "network": stack.network.docker_network,
     }
 
 

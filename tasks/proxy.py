@@ -90,7 +90,7 @@ def unit_context(stack: Stack) -> dict:
         "source": SOURCE,
         "backends": [s.unit for s in stack.proxied_services()],
         "config": proxy.config,
-        "firewall_unit": FIREWALL_UNIT if stack.firewall.get("enabled", False) else None,
+        "firewall_unit": FIREWALL_UNIT if stack.firewall.enabled else None,
         "service_user": stack.service_users[proxy.user].name,
         "credentials": [
             f"{key_map_name(name)}:{secret_path(stack, key_map_name(name))}" for name in proxy_secrets(stack)

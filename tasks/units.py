@@ -63,7 +63,7 @@ def conditions_of(stack: Stack, service: Service) -> list[str]:
 def firewall_unit_of(stack: Stack, service: Service) -> str | None:
     """The firewall's unit, for a service that listens beyond loopback while the firewall is on."""
     bind, _ = stack.listen_address(service)
-    if not stack.firewall.get("enabled", False) or ipaddress.ip_address(bind).is_loopback:
+    if not stack.firewall.enabled or ipaddress.ip_address(bind).is_loopback:
         return None
     return FIREWALL_UNIT
 
