@@ -294,17 +294,15 @@ class Reader:
             if gt is not None and number <= gt:
                 self.problem(where, f"{number} is not above {gt}", f"set {doc} above {gt}")
         pattern = meta.get("pattern")
-        texts = (
-            [value]
-            if isinstance(value, str)
-            else [v for v in value if isinstance(v, str)]
-            if isinstance(value, tuple)
-            else []
-        )
-        if pattern:
-            for text in texts:
-                if not re.fullmatch(pattern, text):
-                    self.problem(where, f"{text!r} is not {doc}", f"write {doc} (the form {pattern})")
+        if isinstance(value, str):
+            texts = [(where, value)]
+        elif isinstance(value, tuple):
+            texts = [(f"{where}[{i}]", v) for i, v in enumerate(value) if isinstance(v, str)]
+        else:
+            texts = []
+        for at, text in texts if pattern else []:
+            if not re.fullmatch(pattern, text):
+                self.problem(at, f"{text!r} is not {doc}", f"write {doc} (the form {pattern})")
         check = meta.get("check")
         if check is not None and (why := check(value)):
             self.problem(where, why, f"set {doc}")
