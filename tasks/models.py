@@ -56,7 +56,7 @@ def place_standin(stack: Stack, model: Model) -> list:
         logger.info(f"{host.name}: {model.name} has no stand-in here; it is not placed")
         return []
     owner = {"user": stack.user.name, "group": stack.user.name}
-    if "artifact" in standin:
+    if standin.artifact is not None:
         local = local_artifact(stack.artifacts[standin.artifact])
         if local.is_dir():
             files.directory(name=f"Create {model.dir}", path=model.dir, **owner)
