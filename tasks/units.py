@@ -8,6 +8,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from pyinfra.api import deploy
 from pyinfra.operations import files, server, systemd
 
 from kca_stack import Service, Stack
@@ -134,24 +135,33 @@ def _as_list(result) -> list:
     return list(result) if isinstance(result, (list, tuple)) else [result]
 
 
+# How the operations of a layer's services are titled in pyinfra's output.
+LAYER_TITLES = {"llm": "LLM services", "support": "Support services"}
+
+
 def deploy_services(stack: Stack, layer: str, restarts: Restarts) -> list[Service]:
     """Every systemd service of the layer's kinds, kind by kind as the registry names them: what the
     kind needs once (`prepare`), what each service needs (`install`), and its unit. Returns the
     services installed; their restart triggers go to `restarts`."""
-    installed = []
-    for kind in kinds_of_layer(layer):
-        services = stack.services_of_kind(kind.name)
-        if not kind.systemd or not services:
-            continue
-        shared = _as_list(task(kind.prepare)(stack=stack)) if kind.prepare else []
-        for service in services:
-            restarts.add(service.name, *shared)
-            if kind.install:
-                restarts.add(service.name, *_as_list(task(kind.install)(stack, service)))
-            spec = task(kind.unit_spec)(stack, service)
-            restarts.add(service.name, install_unit(stack, service, spec, source_of(kind)))
-        installed += services
-    return installed
+
+    @deploy(LAYER_TITLES.get(layer, f"{layer} services"))
+    def install(stack: Stack) -> list[Service]:
+        installed = []
+        for kind in kinds_of_layer(layer):
+            services = stack.services_of_kind(kind.name)
+            if not kind.systemd or not services:
+                continue
+            shared = _as_list(task(kind.prepare)(stack=stack)) if kind.prepare else []
+            for service in services:
+                restarts.add(service.name, *shared)
+                if kind.install:
+                    restarts.add(service.name, *_as_list(task(kind.install)(stack, service)))
+                spec = task(kind.unit_spec)(stack, service)
+                restarts.add(service.name, install_unit(stack, service, spec, source_of(kind)))
+            installed += services
+        return installed
+
+    return install(stack=stack)
 
 
 def layer_kinds(layer: str) -> tuple[str, ...]:
