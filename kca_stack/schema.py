@@ -283,15 +283,16 @@ class Reader:
         doc = meta.get("doc") or f.name
         numbers = [value] if isinstance(value, (int, float)) and not isinstance(value, bool) else []
         ge, le, gt = meta.get("ge"), meta.get("le"), meta.get("gt")
-        for number in numbers:
-            if (ge is not None and number < ge) or (le is not None and number > le):
+        for found in numbers:
+            number = f"{found:g}" if isinstance(found, float) else str(found)
+            if (ge is not None and found < ge) or (le is not None and found > le):
                 if ge is not None and le is not None:
                     self.problem(where, f"{number} is outside {ge}-{le}", f"set {doc} within the range")
                 elif ge is not None:
                     self.problem(where, f"{number} is below {ge}", f"set {doc} to {ge} or more")
                 else:
                     self.problem(where, f"{number} is above {le}", f"set {doc} to {le} or less")
-            if gt is not None and number <= gt:
+            if gt is not None and found <= gt:
                 self.problem(where, f"{number} is not above {gt}", f"set {doc} above {gt}")
         pattern = meta.get("pattern")
         if isinstance(value, str):
