@@ -364,6 +364,40 @@ class Firewall:
     enabled: bool = setting(False, doc="whether the firewall is on")
 
 
+# An OpenPGP fingerprint as gpg --show-keys prints it: 40 hex digits, spaces allowed between groups.
+FINGERPRINT = r"[0-9A-Fa-f]{4}( ?[0-9A-Fa-f]{4}){9}"
+PACKAGE = r"[a-z0-9][a-z0-9.+*-]*"
+
+
+@dataclass(frozen=True)
+class ContainerToolkit:
+    key_url: str = setting(doc="where the signing key is fetched", pattern=r"https://\S+")
+    # The fetched key is refused unless it has this fingerprint.
+    key_fingerprint: str = setting(doc="an OpenPGP fingerprint (40 hex digits)", pattern=FINGERPRINT)
+    keyring: str = setting(doc="an absolute path", pattern=ABSOLUTE)
+    repo_url: str = setting(doc="the apt repository", pattern=r"https://\S+")
+    packages: tuple[str, ...] = setting(doc="apt packages", pattern=PACKAGE)
+
+
+@dataclass(frozen=True)
+class Nvidia:
+    """The NVIDIA layer: driver branch, CUDA toolkit, container toolkit (skipped without a GPU)."""
+
+    cuda_keyring_url: str = setting(doc="the cuda-keyring package, with {repo}", pattern=r"https://\S+")
+    driver_min_major: int = setting(doc="the oldest driver the card runs on", ge=1)
+    # The branch apt may install (an apt pin): a new branch is a decision, not an upgrade.
+    driver_branch: str = setting(doc="a driver branch, e.g. '580'", pattern=r"\d+")
+    driver_pin_packages: tuple[str, ...] = setting(doc="apt globs the pin holds", pattern=PACKAGE)
+    driver_packages: tuple[str, ...] = setting(doc="apt packages", pattern=PACKAGE)
+    cuda_packages: tuple[str, ...] = setting(doc="apt packages", pattern=PACKAGE)
+    cuda_home: str = setting(doc="an absolute path", pattern=ABSOLUTE)
+    container_toolkit: ContainerToolkit = setting(doc="the container toolkit")
+    # None: unknown; the keyring is not fetched until it is set.
+    cuda_keyring_sha256: str | None = setting(None, doc="a sha256 (64 hex digits)", pattern=HEX64)
+    # A new driver needs a reboot. False: the run ends saying "REBOOT REQUIRED" instead.
+    reboot_allowed: bool = setting(False, doc="whether the deploy may reboot")
+
+
 @dataclass(frozen=True)
 class Stack:
     gpu: Gpu = setting(doc="the GPU")
@@ -383,7 +417,7 @@ class Stack:
     artifacts: Mapping[str, Artifact] = setting({}, doc="registry files")
     secrets: Mapping[str, Secret] = setting({}, doc="the generated secrets")
     vllm: Vllm | None = setting(None, doc="vLLM and its plugin")
-    nvidia: Mapping[str, Any] = setting({}, doc="the NVIDIA layer")
+    nvidia: Nvidia | None = setting(None, doc="the NVIDIA layer")
     systemd_hardening: Mapping[str, str] = setting({}, doc="the units' baseline")
     # key (a kind, "gpu", "auth-proxy") -> setting -> [value, why].
     systemd_relaxations: Mapping[str, Mapping[str, tuple[str, ...]]] = setting({}, doc="relaxations, each with why")

@@ -264,7 +264,7 @@ BAD_STACKS = [
         "container toolkit key without a fingerprint",
         lambda d: d["nvidia"]["container_toolkit"].pop("key_fingerprint"),
         "nvidia.container_toolkit.key_fingerprint",
-        "not an OpenPGP fingerprint",
+        "is missing",
     ),
     (
         "model file size not a number",
@@ -491,6 +491,12 @@ BAD_STACKS = [
         set_key("services", "docling", "max_file_size", -1),
         "services.docling.max_file_size",
         "outside 1-",
+    ),
+    (
+        "a key fingerprint of the wrong length",
+        lambda d: d["nvidia"]["container_toolkit"].update(key_fingerprint="C95B 321B 61E8"),
+        "nvidia.container_toolkit.key_fingerprint",
+        "is not an OpenPGP fingerprint",
     ),
     (
         "a proxy without workers",
