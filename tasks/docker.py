@@ -84,8 +84,8 @@ def deploy_docker(stack: Stack):
         _if=daemon_json.did_change,
     )
 
-    network = stack.network["docker_network"]
-    bridge = stack.network["docker_network_bridge"]
+    network = stack.network.docker_network
+    bridge = stack.network.docker_network_bridge
     # The bridge's name is fixed at creation (the firewall opens the internal ports to it alone) and
     # cannot be changed on a network that exists: a network made without it is named, never replaced.
     found = remote_output(

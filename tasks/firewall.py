@@ -25,7 +25,7 @@ JINJA = {"trim_blocks": True, "lstrip_blocks": True}
 
 @deploy("Firewall")
 def deploy_firewall(stack: Stack) -> None:
-    if not stack.firewall.get("enabled", False):
+    if not stack.firewall.enabled:
         logger.warning(f"{host.name}: firewall.enabled is false: no firewall is installed.")
         return
 

@@ -56,8 +56,8 @@ def place_standin(stack: Stack, model: Model) -> list:
         logger.info(f"{host.name}: {model.name} has no stand-in here; it is not placed")
         return []
     owner = {"user": stack.user.name, "group": stack.user.name}
-    if "artifact" in standin:
-        local = local_artifact(stack.artifacts[standin["artifact"]])
+    if standin.artifact is not None:
+        local = local_artifact(stack.artifacts[standin.artifact])
         if local.is_dir():
             files.directory(name=f"Create {model.dir}", path=model.dir, **owner)
             return [
@@ -74,10 +74,10 @@ def place_standin(stack: Stack, model: Model) -> list:
         files.directory(name=f"Create {model.dir}", path=model.dir, **owner)
         return [files.put(name=f"Place the stand-in GGUF at {path}", src=str(local), dest=path, mode="0644", **owner)]
     # A stand-in the host builds itself (deterministically) from another model's files.
-    script = Path(standin["build"])
+    script = Path(standin.build)
     digest = hashlib.sha256(script.read_bytes()).hexdigest()[:16]
     remote = f"{STANDIN_BUILDER_DIR}/{script.name}"
-    base = stack.models[standin["base"]].dir
+    base = stack.models[standin.base].dir
     python = f"{stack.venvs['main'].path}/bin/python"
     files.directory(name=f"Create {STANDIN_BUILDER_DIR}", path=STANDIN_BUILDER_DIR)
     files.put(name=f"Upload {script.name}", src=str(script), dest=remote, mode="0644")
@@ -87,7 +87,7 @@ def place_standin(stack: Stack, model: Model) -> list:
     # As the folder's owner, like the fetcher: its files are kca's from the start.
     return [
         streamed_shell(
-            name=f"Build the stand-in {model.name} from {standin['base']} (deterministic)",
+            name=f"Build the stand-in {model.name} from {standin.base} (deterministic)",
             commands=[
                 f"cd {stack.user.home} && HF_HUB_OFFLINE=1 {python} {remote} --base {base} --out {model.dir}",
                 f"chmod -R {READABLE} {model.dir} && touch {marker}",

@@ -38,17 +38,17 @@ def key_map_name(secret: str) -> str:
 
 
 def runtime_directory(stack: Stack) -> str:
-    return stack.auth_proxy["unit"].removesuffix(".service")
+    return stack.auth_proxy.unit.removesuffix(".service")
 
 
 def credential_path(stack: Stack, secret: str) -> str:
     """Where systemd hands the map to the proxy's unit. nginx cannot read $CREDENTIALS_DIRECTORY, so the
     path is written out: /run/credentials/UNIT/NAME (systemd.exec(5), Credentials)."""
-    return f"/run/credentials/{stack.auth_proxy['unit']}/{key_map_name(secret)}"
+    return f"/run/credentials/{stack.auth_proxy.unit}/{key_map_name(secret)}"
 
 
 def proxy_secrets(stack: Stack) -> list[str]:
-    return sorted({s.settings["api_key_secret"] for s in stack.proxied_services()})
+    return sorted({s.api_key_secret for s in stack.proxied_services()})
 
 
 def site(stack: Stack, service: Service) -> dict:
@@ -60,8 +60,8 @@ def site(stack: Stack, service: Service) -> dict:
         "port": service.port,
         "listen": f"{service.bind}:{service.port}",
         "backend": f"{backend_bind}:{backend_port}",
-        "key_variable": key_variable(service.settings["api_key_secret"]),
-        "public_paths": list(stack.auth_proxy.get("public_paths", [])),
+        "key_variable": key_variable(service.api_key_secret),
+        "public_paths": list(stack.auth_proxy.public_paths),
     }
 
 
@@ -70,12 +70,12 @@ def config_context(stack: Stack) -> dict:
     proxy = stack.auth_proxy
     return {
         "source": SOURCE,
-        "unit": proxy["unit"],
+        "unit": proxy.unit,
         "runtime_dir": f"/run/{runtime_directory(stack)}",
-        "worker_processes": proxy.get("worker_processes", 2),
-        "max_body": proxy.get("max_body", "32m"),
-        "read_timeout_s": proxy.get("read_timeout_s", 3600),
-        "retry_after_s": proxy.get("retry_after_s", 30),
+        "worker_processes": proxy.worker_processes,
+        "max_body": proxy.max_body,
+        "read_timeout_s": proxy.read_timeout_s,
+        "retry_after_s": proxy.retry_after_s,
         "key_maps": [
             {"secret": name, "variable": key_variable(name), "path": credential_path(stack, name)}
             for name in proxy_secrets(stack)
@@ -89,9 +89,9 @@ def unit_context(stack: Stack) -> dict:
     return {
         "source": SOURCE,
         "backends": [s.unit for s in stack.proxied_services()],
-        "config": proxy["config"],
-        "firewall_unit": FIREWALL_UNIT if stack.firewall.get("enabled", False) else None,
-        "service_user": stack.service_users[proxy["user"]].name,
+        "config": proxy.config,
+        "firewall_unit": FIREWALL_UNIT if stack.firewall.enabled else None,
+        "service_user": stack.service_users[proxy.user].name,
         "credentials": [
             f"{key_map_name(name)}:{secret_path(stack, key_map_name(name))}" for name in proxy_secrets(stack)
         ],
@@ -116,7 +116,7 @@ def deploy_auth_proxy(stack: Stack) -> None:
     if not stack.proxied_services():
         return
     proxy = stack.auth_proxy
-    package = proxy.get("package", "nginx")
+    package = proxy.package
 
     if remote_output(f"systemctl is-enabled {DEBIAN_UNIT} 2>/dev/null || true") != "masked":
         server.shell(
@@ -147,39 +147,39 @@ def deploy_auth_proxy(stack: Stack) -> None:
             name=f"Keep {key_map_name(name)} readable by root only", path=dest, user="root", group="root", mode="0600"
         )
 
-    files.directory(name="Create the proxy's configuration folder", path=proxy["config"].rsplit("/", 1)[0], mode="0755")
+    files.directory(name="Create the proxy's configuration folder", path=proxy.config.rsplit("/", 1)[0], mode="0755")
     config = files.template(
-        name=f"Install {proxy['config']}",
+        name=f"Install {proxy.config}",
         src=CONFIG_TEMPLATE,
-        dest=proxy["config"],
+        dest=proxy.config,
         mode="0644",
         jinja_env_kwargs=JINJA,
         **config_context(stack),
     )
     unit = files.template(
-        name=f"Install {proxy['unit']}",
+        name=f"Install {proxy.unit}",
         src=UNIT_TEMPLATE,
-        dest=f"{stack.paths['units']}/{proxy['unit']}",
+        dest=f"{stack.paths['units']}/{proxy.unit}",
         mode="0644",
         jinja_env_kwargs=JINJA,
         **unit_context(stack),
     )
     systemd.daemon_reload(name="Reload systemd units", _if=unit.did_change)
     # Not tied to the GPU: it answers (401, then 503) whichever model runs.
-    systemd.service(name=f"Enable {proxy['unit']}", service=proxy["unit"], enabled=True, running=True)
+    systemd.service(name=f"Enable {proxy.unit}", service=proxy.unit, enabled=True, running=True)
     server.shell(
-        name=f"Restart {proxy['unit']} (its unit changed)",
-        commands=[f"systemctl restart {proxy['unit']}"],
+        name=f"Restart {proxy.unit} (its unit changed)",
+        commands=[f"systemctl restart {proxy.unit}"],
         _if=unit.did_change,
     )
     # A new credential reaches the unit only on restart; a new configuration on reload (checked first).
     server.shell(
-        name=f"Restart {proxy['unit']} (a key map changed)",
-        commands=[f"systemctl restart {proxy['unit']}"],
+        name=f"Restart {proxy.unit} (a key map changed)",
+        commands=[f"systemctl restart {proxy.unit}"],
         _if=lambda: any(op.did_change() for op in changes) and not unit.did_change(),
     )
     server.shell(
-        name=f"Reload {proxy['unit']} (its configuration changed)",
-        commands=[f"systemctl reload {proxy['unit']}"],
+        name=f"Reload {proxy.unit} (its configuration changed)",
+        commands=[f"systemctl reload {proxy.unit}"],
         _if=lambda: config.did_change() and not unit.did_change() and not any(op.did_change() for op in changes),
     )

@@ -19,11 +19,11 @@ def secret_path(stack: Stack, name: str) -> str:
 
 @deploy("Secrets")
 def deploy_secrets(stack: Stack) -> None:
-    for name, spec in stack.secrets.items():
+    for name, secret in stack.secrets.items():
         path = secret_path(stack, name)
         if not host.get_fact(File, path=path):
             # Generated where it is used; the control machine never sees the value.
-            size = int(spec.get("bytes", 32))
+            size = secret.bytes
             server.shell(
                 name=f"Generate the secret {name} (once)",
                 commands=[

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import importlib
 import ipaddress
+from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from pyinfra.api import deploy
 from pyinfra.operations import files, server, systemd
 
 from kca_stack import Service, Stack
+from kca_stack.kinds import KINDS, Kind, kinds_of_layer
 
 from .base import mounts_needed_by
 from .firewall import UNIT as FIREWALL_UNIT
@@ -27,8 +32,24 @@ class UnitSpec:
     timeout_start: int = 600
 
 
+def task(name: str) -> Callable:
+    """A task function named "module:function" by the kind registry (kca_stack.kinds)."""
+    module, _, function = name.partition(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def unit_spec(stack: Stack, service: Service) -> UnitSpec:
+    """The spec of the service's unit, from the function its kind names."""
+    return task(KINDS[service.kind].unit_spec)(stack, service)
+
+
+def source_of(kind: Kind) -> str:
+    """The module that builds the kind's unit, named in the unit's header."""
+    return kind.unit_spec.partition(":")[0].replace(".", "/") + ".py"
+
+
 def credentials_of(stack: Stack, service: Service) -> list[str]:
-    secret = service.settings.get("api_key_secret")
+    secret = service.api_key_secret
     return [f"{secret}:{stack.paths['secrets']}/{secret}"] if secret else []
 
 
@@ -43,7 +64,7 @@ def conditions_of(stack: Stack, service: Service) -> list[str]:
 def firewall_unit_of(stack: Stack, service: Service) -> str | None:
     """The firewall's unit, for a service that listens beyond loopback while the firewall is on."""
     bind, _ = stack.listen_address(service)
-    if not stack.firewall.get("enabled", False) or ipaddress.ip_address(bind).is_loopback:
+    if not stack.firewall.enabled or ipaddress.ip_address(bind).is_loopback:
         return None
     return FIREWALL_UNIT
 
@@ -87,16 +108,71 @@ def install_unit(stack: Stack, service: Service, spec: UnitSpec, source: str):
     )
 
 
-def restart_triggers(service: Service, own: list, model_ops: dict[str, list]) -> list:
-    """What restarts a service: its own operations (unit, binary, venv) and those that changed one of
-    its own models."""
-    return own + [op for model in service.models for op in model_ops.get(model, [])]
+class Restarts:
+    """What restarts each service: every operation registered for it, by whichever task made it (its
+    unit, its binary or venv, its code, its models). One tracker for the whole deploy; `activate`
+    restarts a running service when one of its operations changed something."""
+
+    def __init__(self) -> None:
+        self.ops: dict[str, list] = defaultdict(list)
+
+    def add(self, service: str, *ops) -> None:
+        self.ops[service].extend(op for op in ops if op is not None)
+
+    def add_models(self, stack: Stack, model_ops: dict[str, list]) -> None:
+        """Operations by model name: each restarts the services that serve that model."""
+        for service in stack.services.values():
+            for model in service.models:
+                self.add(service.name, *model_ops.get(model, []))
+
+    def of(self, service: str) -> list:
+        return self.ops.get(service, [])
 
 
-def activate(stack: Stack, services: list[Service], changed_ops: dict[str, list]) -> None:
+def _as_list(result) -> list:
+    if result is None:
+        return []
+    return list(result) if isinstance(result, (list, tuple)) else [result]
+
+
+# How the operations of a layer's services are titled in pyinfra's output.
+LAYER_TITLES = {"llm": "LLM services", "support": "Support services"}
+
+
+def deploy_services(stack: Stack, layer: str, restarts: Restarts) -> list[Service]:
+    """Every systemd service of the layer's kinds, kind by kind as the registry names them: what the
+    kind needs once (`prepare`), what each service needs (`install`), and its unit. Returns the
+    services installed; their restart triggers go to `restarts`."""
+
+    @deploy(LAYER_TITLES.get(layer, f"{layer} services"))
+    def install(stack: Stack) -> list[Service]:
+        installed = []
+        for kind in kinds_of_layer(layer):
+            services = stack.services_of_kind(kind.name)
+            if not kind.systemd or not services:
+                continue
+            shared = _as_list(task(kind.prepare)(stack=stack)) if kind.prepare else []
+            for service in services:
+                restarts.add(service.name, *shared)
+                if kind.install:
+                    restarts.add(service.name, *_as_list(task(kind.install)(stack, service)))
+                spec = task(kind.unit_spec)(stack, service)
+                restarts.add(service.name, install_unit(stack, service, spec, source_of(kind)))
+            installed += services
+        return installed
+
+    return install(stack=stack)
+
+
+def layer_kinds(layer: str) -> tuple[str, ...]:
+    return tuple(kind.name for kind in kinds_of_layer(layer))
+
+
+def activate(stack: Stack, services: list[Service], restarts: Restarts) -> None:
     """Enable what starts at boot, start it, and restart a running service whose unit, binary or
     model changed. Services outside the boot scenario are left as the operator (or kca-gpu-switch)
     set them: the deploy never fights the GPU switch."""
+    changed_ops = {service.name: restarts.of(service.name) for service in services}
     reload_needed = any(op.will_change for ops in changed_ops.values() for op in ops if op is not None)
     if reload_needed:
         systemd.daemon_reload(name="Reload systemd units")

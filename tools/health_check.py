@@ -151,7 +151,7 @@ def main() -> int:
     try:
         for s in services:
             gpu_missing = not stack.runnable_here(s)
-            health_path = s.settings.get("health_path")
+            health_path = getattr(s.settings, "health_path", None)
             if not s.is_systemd:
                 runs = compose_project_runs(stack, s.compose_project)
                 state = f"compose {s.compose_project}" if runs else "not started here"
@@ -195,7 +195,7 @@ def openwebui_keys(stack, target, states, reach) -> int:
     if not compose_project_runs(stack, webui.compose_project):
         return 0
     keys = env_value(target, stack.openwebui["env_file"], "OPENAI_API_KEYS").split(";")
-    backends = [s for s in stack.services.values() if s.kind in stack.openwebui["llm_kinds"] and s.ports]
+    backends = stack.llm_backends()
     problems = 0
     for backend, key in zip(backends, keys, strict=False):
         if states.get(backend.unit) != "active":
