@@ -55,9 +55,15 @@ def wait_for_growing_part(part: Path, process: subprocess.Popen, timeout: float 
     raise AssertionError(f"{part} never grew")
 
 
-def test_killed_mid_download_resumes_and_verifies(hub, tmp_path):
+def test_killed_mid_download_resumes_and_verifies(hub, tmp_path, row):
     """Row: mid model download. SIGKILL while the .part grows; the next run resumes it from where it
     stopped (a Range request), verifies and records it; one more run fetches nothing."""
+    row(
+        "mid model download",
+        "the real kca-fetch-model against a local hub serving slowly, SIGKILLed with its session while the .part grows",
+        "at the cut no file and no record, the .part a prefix; the re-run resumes it with a Range request, "
+        "verifies the sha256 and records it; one more run asks the hub nothing",
+    )
     dest = tmp_path / "gpt-oss" / "m.gguf"
     part = Path(f"{dest}.part")
     Hub.state.pace = 0.01
@@ -124,9 +130,14 @@ def fill_completely(folder: Path) -> None:
             pass
 
 
-def test_a_models_disk_too_small_is_refused_before_the_first_byte(hub, small_models_disk):
+def test_a_models_disk_too_small_is_refused_before_the_first_byte(hub, small_models_disk, row):
     """Row: full /models (before). The hub states the size; the free space is less: a clear error,
     exit 5, nothing written (no .part, no file, no record)."""
+    row(
+        "full /models, before the download",
+        "a loop-mounted 8 MiB ext4 as the models folder, filled to 1 MiB free; a 3 MiB file to fetch",
+        "exit 5 with NO SPACE and the fix in one line, no traceback; no file, no record, no bytes written",
+    )
     fill(small_models_disk, leave=1 << 20)
     dest = small_models_disk / "gpt-oss" / "m.gguf"
     run = fetch(hub, dest)
@@ -137,10 +148,16 @@ def test_a_models_disk_too_small_is_refused_before_the_first_byte(hub, small_mod
     assert not Path(f"{dest}.part").exists() or Path(f"{dest}.part").stat().st_size == 0
 
 
-def test_a_models_disk_that_fills_mid_download_keeps_a_prefix_and_resumes(hub, small_models_disk):
+def test_a_models_disk_that_fills_mid_download_keeps_a_prefix_and_resumes(hub, small_models_disk, row):
     """Row: full /models (during). The disk fills while the file arrives (another writer took the
     space): a clear error at once (no resume attempts against a full disk), the .part a prefix of the
     file, no file, no record; once space is freed the next run resumes and verifies it."""
+    row(
+        "full /models, during the download",
+        "the same filesystem, filled to the last block by another writer while the .part grows",
+        "exit 5 with NO SPACE at once (no resume attempts), the .part a prefix of the file, no file, no "
+        "record; with the space freed the re-run resumes, verifies and records it",
+    )
     dest = small_models_disk / "gpt-oss" / "m.gguf"
     part = Path(f"{dest}.part")
     Hub.state.pace = 0.02

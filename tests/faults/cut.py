@@ -1,0 +1,94 @@
+"""Run on the target (python3 - CHECK TIMEOUT < cut.py): wait until the shell command CHECK succeeds
+and prints something (the named point of the deploy is reached), then SIGKILL every process the
+deploy's SSH sessions started, as a power cut or a dropped link would leave them: each process whose
+parent is an sshd session process, and all their descendants, except this script's own session.
+Daemons (dockerd, systemd and the services) are not the deploy's processes and keep running.
+
+Prints `CUT <what CHECK printed>` and the killed commands (one per line), or `TIMEOUT` (exit 3)."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+
+def processes() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, command name)."""
+    table = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        table[int(entry)] = (int(stat[stat.rindex(")") + 2 :].split()[1]), name)
+    return table
+
+
+def ancestors(pid: int, table) -> set[int]:
+    found = set()
+    while pid in table and pid not in found:
+        found.add(pid)
+        pid = table[pid][0]
+    return found
+
+
+def deploy_processes(table) -> list[int]:
+    mine = ancestors(os.getpid(), table)
+    roots = [
+        pid
+        for pid, (parent, name) in table.items()
+        if name != "sshd" and table.get(parent, (0, ""))[1] == "sshd" and pid not in mine
+    ]
+    children: dict[int, list[int]] = {}
+    for pid, (parent, _) in table.items():
+        children.setdefault(parent, []).append(pid)
+    found, todo = [], list(roots)
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, []))
+    return found
+
+
+def command_of(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()[:160]
+    except OSError:
+        return "?"
+
+
+def main() -> int:
+    check, timeout = sys.argv[1], float(sys.argv[2])
+    deadline = time.monotonic() + timeout
+    while True:
+        probe = subprocess.run(["sh", "-c", check], capture_output=True, text=True)
+        if probe.returncode == 0 and probe.stdout.strip():
+            break
+        if time.monotonic() > deadline:
+            print("TIMEOUT", flush=True)
+            return 3
+        time.sleep(0.05)
+    killed = []
+    # Twice: a process forked while the first round ran is caught by the second.
+    for _ in range(2):
+        for pid in deploy_processes(processes()):
+            cmd = command_of(pid)
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(cmd)
+            except ProcessLookupError:
+                pass
+    print("CUT " + probe.stdout.strip().replace("\n", " | "), flush=True)
+    for cmd in killed:
+        print(f"killed: {cmd}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
