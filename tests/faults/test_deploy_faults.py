@@ -72,7 +72,7 @@ def wait_active(target, units: list[str], seconds: float = 180) -> list[str]:
 
 
 def test_cut_during_secret_generation(target, stack, row):
-    row(
+    entry = row(
         "during secret generation",
         "two secrets removed, a 3-byte .tmp left beside the second (a write cut off mid-way); the deploy is "
         "cut as soon as the first of them is written again, with the second still to come",
@@ -96,6 +96,7 @@ def test_cut_during_secret_generation(target, stack, row):
     target.cut_deploy("secrets", f"test -e {paths[first]} && echo {first} written", timeout=300)
 
     at_cut = states()
+    entry.seen = f"at the cut: {first} {at_cut[paths[first]]}, {second} {at_cut[paths[second]]}"
     assert all(state in ("absent", "whole") for state in at_cut.values()), at_cut
     assert at_cut[paths[first]] == "whole", at_cut
     assert target.digest(others) == others_before, "a secret that existed changed"
@@ -110,7 +111,7 @@ def test_cut_during_secret_generation(target, stack, row):
 
 
 def test_cut_mid_llama_cpp_build(target, stack, row):
-    row(
+    entry = row(
         "mid llama.cpp build",
         "the build stamp removed (as a changed flag or pin would); the deploy is cut while the compiler "
         "runs, with 20 or more objects built",
@@ -131,6 +132,8 @@ def test_cut_mid_llama_cpp_build(target, stack, row):
         f"[ $(find {where['build']} -name '*.o' 2>/dev/null | wc -l) -ge 20 ] && echo compiling"
     )
     target.cut_deploy("llama-build", compiling, timeout=900)
+    objects = target.run(f"find {where['build']} -name '*.o' | wc -l")
+    entry.seen = f"{objects} objects built at the cut"
 
     assert target.run(f"cat {where['build_id']} 2>/dev/null || true", check=False) == "", "stamp written early"
     assert target.digest(binary) == binary_before, "the installed binary changed before the build finished"
@@ -148,7 +151,7 @@ def test_cut_mid_venv_install(target, stack, row):
     venv = stack.venvs["main"]
     lock = Path(venv.lock)
     stamp = f"{venv.path}/.kca-{lock.stem}.sha256"
-    row(
+    entry = row(
         "mid venv install",
         f"transformers uninstalled from {venv.path} and its install stamp removed; the deploy is cut while "
         "pip writes transformers' files (200 or more on disk)",
@@ -161,10 +164,14 @@ def test_cut_mid_venv_install(target, stack, row):
     running = active_units(target, users)
     target.run(f"{venv.path}/bin/pip uninstall -y -q transformers && rm -f {stamp}")
     writing = (
-        "pgrep -f 'pip install' >/dev/null && "
+        # [b]: the pattern does not match the probe's own shell, whose command line holds it.
+        "pgrep -f '[b]in/pip install' >/dev/null && "
         f"[ $(find {site}/transformers -type f 2>/dev/null | head -n 200 | wc -l) -ge 200 ] && echo pip writing"
     )
     target.cut_deploy("venv", writing, timeout=900)
+    files = target.run(f"find {site}/transformers -type f | wc -l")
+    record = target.run(f"ls {site}/transformers-*.dist-info/RECORD 2>/dev/null | wc -l", check=False)
+    entry.seen = f"{files} files of transformers on disk at the cut, {'a' if record == '1' else 'no'} RECORD"
 
     assert target.run(f"cat {stamp} 2>/dev/null || true", check=False) == "", "stamp written early"
 
