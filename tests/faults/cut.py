@@ -66,6 +66,7 @@ def command_of(pid: int) -> str:
 def main() -> int:
     check, timeout = sys.argv[1], float(sys.argv[2])
     deadline = time.monotonic() + timeout
+    parent = os.getppid()
     while True:
         probe = subprocess.run(["sh", "-c", check], capture_output=True, text=True)
         if probe.returncode == 0 and probe.stdout.strip():
@@ -73,6 +74,8 @@ def main() -> int:
         if time.monotonic() > deadline:
             print("TIMEOUT", flush=True)
             return 3
+        if os.getppid() != parent:
+            return 4  # the SSH session that started this is gone: never cut a later deploy
         time.sleep(0.05)
     killed = []
     # Twice: a process forked while the first round ran is caught by the second.
