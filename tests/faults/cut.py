@@ -77,18 +77,20 @@ def main() -> int:
         if os.getppid() != parent:
             return 4  # the SSH session that started this is gone: never cut a later deploy
         time.sleep(0.05)
-    killed = []
+    killed: dict[int, str] = {}
     # Twice: a process forked while the first round ran is caught by the second.
     for _ in range(2):
         for pid in deploy_processes(processes()):
+            if pid in killed:
+                continue  # killed already, not yet reaped
             cmd = command_of(pid)
             try:
                 os.kill(pid, signal.SIGKILL)
-                killed.append(cmd)
+                killed[pid] = cmd
             except ProcessLookupError:
                 pass
     print("CUT " + probe.stdout.strip().replace("\n", " | "), flush=True)
-    for cmd in killed:
+    for cmd in killed.values():
         print(f"killed: {cmd}")
     return 0
 

@@ -61,7 +61,9 @@ class Target:
 
     def __init__(self, instance):
         self.ssh = ["ssh", "-F", str(instance.ssh_config), instance.machine]
-        LOGS.mkdir(parents=True, exist_ok=True)
+        # One folder per test host: several may run the table side by side on one machine.
+        self.logs = LOGS / instance.machine
+        self.logs.mkdir(parents=True, exist_ok=True)
 
     def run(self, command: str, check: bool = True) -> str:
         done = subprocess.run([*self.ssh, command], capture_output=True, text=True, timeout=600)
@@ -76,7 +78,7 @@ class Target:
     def cut_deploy(self, name: str, check: str, timeout: float = 900) -> str:
         """Deploy until `check` (run on the target every 50 ms) succeeds and prints something, then cut.
         Returns what the check printed. Fails when the deploy ends before the point is reached."""
-        log = LOGS / f"{name}-cut.log"
+        log = self.logs / f"{name}-cut.log"
         watcher = subprocess.Popen(
             [*self.ssh, "python3", "-", _quote(check), str(timeout)],
             stdin=subprocess.PIPE,
@@ -110,14 +112,14 @@ class Target:
                 if watcher.poll() is None:
                     watcher.kill()
         said = watcher.stdout.read()
-        (LOGS / f"{name}-cut.txt").write_text(said + watcher.stderr.read())
+        (self.logs / f"{name}-cut.txt").write_text(said + watcher.stderr.read())
         first = said.splitlines()[0] if said else ""
         assert first.startswith("CUT "), f"the cut did not happen: {said or 'no output'}; see {log}"
         return first[4:]
 
     def deploy(self, name: str) -> dict:
         """A whole deploy; returns pyinfra's --json results. It must succeed."""
-        log, results = LOGS / f"{name}.log", LOGS / f"{name}.json"
+        log, results = self.logs / f"{name}.log", self.logs / f"{name}.json"
         with log.open("w") as err, results.open("w") as out:
             done = subprocess.run(
                 ["pyinfra", "-y", "--json", "inventory.py", "deploy.py"], cwd=ROOT, stdout=out, stderr=err
@@ -129,7 +131,7 @@ class Target:
         """A further deploy changes nothing (tools/pyinfra_results.py --expect-no-change)."""
         self.deploy(name)
         check = subprocess.run(
-            [sys.executable, "tools/pyinfra_results.py", str(LOGS / f"{name}.json"), "--expect-no-change"],
+            [sys.executable, "tools/pyinfra_results.py", str(self.logs / f"{name}.json"), "--expect-no-change"],
             cwd=ROOT,
             capture_output=True,
             text=True,
