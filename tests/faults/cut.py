@@ -4,12 +4,17 @@ deploy's SSH sessions started, as a power cut or a dropped link would leave them
 parent is an sshd session process, and all their descendants, except this script's own session.
 Daemons (dockerd, systemd and the services) are not the deploy's processes and keep running.
 
+CHECK `stream:COMMAND` runs COMMAND once and cuts on its first line of output instead (a point a
+stream announces as it happens, such as `docker events`).
+
 Prints `CUT <what CHECK printed>` and the killed commands (one per line), or `TIMEOUT` (exit 3)."""
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 
@@ -67,6 +72,8 @@ def main() -> int:
     check, timeout = sys.argv[1], float(sys.argv[2])
     deadline = time.monotonic() + timeout
     parent = os.getppid()
+    if check.startswith("stream:"):
+        return cut_on_first_line(check[len("stream:") :], timeout)
     while True:
         probe = subprocess.run(["sh", "-c", check], capture_output=True, text=True)
         if probe.returncode == 0 and probe.stdout.strip():
@@ -77,6 +84,40 @@ def main() -> int:
         if os.getppid() != parent:
             return 4  # the SSH session that started this is gone: never cut a later deploy
         time.sleep(0.05)
+    return cut(probe.stdout)
+
+
+def cut_on_first_line(command: str, timeout: float) -> int:
+    """A point that a stream announces (docker events): cut on its first line, without polling."""
+    stream = subprocess.Popen(["sh", "-c", command], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    parent, deadline = os.getppid(), time.monotonic() + timeout
+
+    def watchdog() -> None:
+        # Ends the stream at the deadline, or when the SSH session that started this is gone: never
+        # cut a later deploy.
+        while stream.poll() is None:
+            if time.monotonic() > deadline or os.getppid() != parent:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(stream.pid, signal.SIGKILL)
+            time.sleep(0.2)
+
+    threading.Thread(target=watchdog, daemon=True).start()
+    line = stream.stdout.readline()
+    if not line:
+        print("TIMEOUT", flush=True)
+        return 3
+    code = cut(line)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(stream.pid, signal.SIGKILL)
+    return code
+
+
+def cut(seen: str) -> int:
+    # Frozen first (one pass, no /proc reads between the signals), then killed: a process cannot take
+    # one more step between the point and the cut.
+    for pid in deploy_processes(processes()):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGSTOP)
     killed: dict[int, str] = {}
     # Twice: a process forked while the first round ran is caught by the second.
     for _ in range(2):
@@ -89,7 +130,7 @@ def main() -> int:
                 killed[pid] = cmd
             except ProcessLookupError:
                 pass
-    print("CUT " + probe.stdout.strip().replace("\n", " | "), flush=True)
+    print("CUT " + seen.strip().replace("\n", " | "), flush=True)
     for cmd in killed.values():
         print(f"killed: {cmd}")
     return 0

@@ -188,35 +188,47 @@ def test_cut_after_half_of_a_compose_project_started(target, stack, row):
     project, folder = webui.compose_project, stack.paths["openwebui"]
     entry = row(
         "after half of a compose project started",
-        f"the {project} project's container removed (its data folder stays); the deploy is cut as soon as "
-        "docker compose has created the container again",
-        "kca-compose-state says pending at the cut unless the container already runs; the re-run converges "
-        "the project (compose up), the container is healthy, the accounts in its database are all there",
+        f"the {project} project's container removed (its data folder stays) and created again, not started, "
+        "by `docker compose create` (what a cut between compose's create and start leaves: from outside, "
+        "the millisecond between the two cannot be hit); then the deploy is cut as soon as compose starts "
+        "it (docker events), while `up --wait` waits for its health",
+        "kca-compose-state says pending for the created container; the deploy starts it; after the cut the "
+        "re-run converges the project, the container becomes healthy, the accounts in its database are all "
+        "there",
     )
     label = f"label=com.docker.compose.project={project}"
     users_sql = (
         "import sqlite3; "
         "print(sqlite3.connect('/app/backend/data/webui.db').execute('select id from user order by id').fetchall())"
     )
+    compose_state = f"cd {folder} && /usr/local/sbin/kca-compose-state {project} -f docker-compose.yml"
 
     def accounts() -> str:
         container = target.run(f"docker ps -q --filter {label}")
         return target.run(f"docker exec {container} python3 -c {shlex.quote(users_sql)}")
 
+    def container_state() -> str:
+        return target.run(f"docker ps -a --filter {label} --format '{{{{.State}}}} {{{{.Status}}}}'")
+
     accounts_before = accounts()
     target.run(f"docker rm -f $(docker ps -aq --filter {label})")
-    target.cut_deploy("compose", f"docker ps -aq --filter {label}", timeout=600)
+    target.run(f"cd {folder} && docker compose -p {project} -f docker-compose.yml create --quiet-pull 2>&1")
+    prepared = container_state()
+    assert prepared.startswith("created"), prepared
+    assert target.run(compose_state).startswith("pending"), "a created, not started container looks converged"
 
-    at_cut = target.run(f"docker ps -a --filter {label} --format '{{{{.State}}}}'")
-    state = target.run(f"cd {folder} && /usr/local/sbin/kca-compose-state {project} -f docker-compose.yml")
-    if at_cut != "running":
-        assert state.startswith("pending"), f"a {at_cut} container looks converged: {state}"
-    entry.seen = f"the container {at_cut} at the cut; kca-compose-state: {state.split(':')[0]}"
+    started = (
+        "stream:docker events --filter type=container --filter event=start "
+        f"--filter {label} --format '{{{{.Actor.ID}}}}'"
+    )
+    target.cut_deploy("compose", started, timeout=600)
+    at_cut = container_state()
+    entry.seen = f"prepared: created, pending; at the cut: {at_cut}, {target.run(compose_state).split(':')[0]}"
 
-    results = target.deploy("compose-rerun")
-    if at_cut != "running":
-        assert "Open WebUI | Converge Open WebUI (docker compose up -d)" in changed(results)
-    health = target.run(f"docker ps --filter {label} --format '{{{{.Status}}}}'")
-    assert "(healthy)" in health, health
+    target.deploy("compose-rerun")
+    deadline = time.monotonic() + 240
+    while "(healthy)" not in (status := container_state()) and time.monotonic() < deadline:
+        time.sleep(5)
+    assert "(healthy)" in status, status
     assert accounts() == accounts_before, "Open WebUI's accounts changed"
     target.deploy_expecting_no_change("compose-again")
