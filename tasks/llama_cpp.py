@@ -100,7 +100,13 @@ def deploy_llama_cpp(stack: Stack):
     flags = " ".join(shlex.quote(f) for f in stack.llama_cmake_flags())
     targets = " ".join(f"-t {t}" for t in cpp.targets)
     env = f"export CCACHE_DIR={ccache_dir}; " if cpp.ccache else ""
-    install = " && ".join(f"install -m 0755 {where['build']}/bin/{t} {where['bin']}/{t}" for t in cpp.targets)
+    # Beside its place, then renamed: a cut mid-copy never leaves a partial binary where the services
+    # (and a reboot) would run it.
+    install = " && ".join(
+        f"install -m 0755 {where['build']}/bin/{t} {where['bin']}/.{t}.new && "
+        f"mv -f {where['bin']}/.{t}.new {where['bin']}/{t}"
+        for t in cpp.targets
+    )
     return streamed_shell(
         name=f"Build llama.cpp {cpp.git_ref[:10]} ({'CUDA' if stack.gpu.present else 'CPU'}, id {wanted})",
         # Each command runs in kca's own folder (sudo keeps root's working directory, which kca cannot read).

@@ -15,6 +15,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -38,6 +39,8 @@ class HubState:
     # The next N GETs promise the whole body, send half of it and close cleanly / reset the connection.
     cut_short: int = 0
     resets: int = 0
+    # Seconds between 64 KiB pieces of a body: a download slow enough to be interrupted in the middle.
+    pace: float = 0.0
     requests: list[str] = field(default_factory=list)
     reset_sockets: set = field(default_factory=set)
 
@@ -100,6 +103,14 @@ class Hub(http.server.BaseHTTPRequestHandler):
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             self.state.reset_sockets.add(self.connection)
             self.close_connection = True
+        elif self.state.pace:
+            for start in range(0, len(body), 1 << 16):
+                try:
+                    self.wfile.write(body[start : start + (1 << 16)])
+                    self.wfile.flush()
+                except (BrokenPipeError, ConnectionResetError):
+                    return  # the client was killed
+                time.sleep(self.state.pace)
         else:
             self.wfile.write(body)
 
