@@ -18,13 +18,13 @@ from tasks import (
     identities,
     llama_cpp,
     llm,
-    models,
     nvidia,
     openwebui,
     proxy,
     secrets,
     support,
     units,
+    weights,
 )
 
 try:
@@ -59,7 +59,7 @@ if "llm" in layers:
     #    units, the GPU switch.
     nvidia.deploy_nvidia(stack=stack)
     llama_build = llama_cpp.deploy_llama_cpp(stack=stack)
-    llm_models = models.deploy_models(stack=stack, kinds=("llama.cpp", "vllm"))
+    llm_models = weights.deploy_models(stack=stack, kinds=("llama.cpp", "vllm"))
     vllm_changes = llm.deploy_vllm(stack=stack)
     llm_units = llm.deploy_llm_units(stack=stack)
     llm.install_switch(stack=stack)
@@ -80,7 +80,7 @@ if "support" in layers:
     # 3. Support services: embeddings, reranker, Docling (their venvs first: a stand-in model may be
     #    built with them).
     support_changes = support.deploy_support(stack=stack)
-    support_models = models.deploy_models(stack=stack, kinds=("fastapi", "docling-serve"))
+    support_models = weights.deploy_models(stack=stack, kinds=("fastapi", "docling-serve"))
     units.activate(
         stack,
         [stack.services[name] for name in support_changes],

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import shlex
 
-from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.facts.files import File
-from pyinfra.operations import files, server
 
 from kca_stack import Stack
+
+from . import ops
 
 
 def secret_path(stack: Stack, name: str) -> str:
@@ -19,16 +18,19 @@ def secret_path(stack: Stack, name: str) -> str:
 
 @deploy("Secrets")
 def deploy_secrets(stack: Stack) -> None:
-    for name, spec in stack.secrets.items():
-        path = secret_path(stack, name)
-        if not host.get_fact(File, path=path):
-            # Generated where it is used; the control machine never sees the value.
-            size = int(spec.get("bytes", 32))
-            server.shell(
-                name=f"Generate the secret {name} (once)",
-                commands=[
-                    f"umask 077; head -c {size} /dev/urandom | base64 | tr -d '\\n/+=' > {shlex.quote(path)}.tmp"
-                    f" && mv {shlex.quote(path)}.tmp {shlex.quote(path)}"
-                ],
-            )
-        files.file(name=f"Keep {name} readable by root only", path=path, user="root", group="root", mode="0600")
+    files = [secret_path(stack, name) for name in stack.secrets]
+    paths = [shlex.quote(f) for f in files]
+    if not paths:
+        return
+    # Each secret is generated only where its file is missing: the test on the host, in the same
+    # command, so that no run ever replaces one.
+    generate = [
+        f"[ -e {path} ] || {{ umask 077; head -c {int(spec.get('bytes', 32))} /dev/urandom | base64 "
+        f"| tr -d '\\n/+=' > {path}.tmp && mv {path}.tmp {path}; }}"
+        for path, spec in zip(paths, stack.secrets.values(), strict=True)
+    ]
+    ops.shell_unless(
+        name="Generate the missing secrets (never one that exists), readable by root only",
+        done=ops.stat_test(files, "600 root root"),
+        commands=[*generate, f"chown root:root {' '.join(paths)}", f"chmod 0600 {' '.join(paths)}"],
+    )

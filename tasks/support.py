@@ -8,13 +8,13 @@ from pathlib import Path
 
 from pyinfra import host, logger
 from pyinfra.api import deploy
-from pyinfra.operations import files
 
 from kca_stack import Service, Stack
 
+from . import ops
 from .python_envs import ensure_requirements
 from .units import UnitSpec, install_unit
-from .util import remote_output, streamed_shell, systemd_command_line
+from .util import systemd_command_line
 
 SOURCE = "tasks/support.py"
 SHARED_MODULES = (Path("apps/kca_service_common.py"), Path("apps/kca_batching.py"))
@@ -99,12 +99,12 @@ def fetch_docling_models(stack: Stack, service: Service):
         )
         return None
     marker = f"{s['artifacts_dir']}/.kca-models-complete"
-    if remote_output(f"test -e {marker} && echo present || true") == "present":
-        return None
     venv = stack.venvs[s["venv"]].path
     names = " ".join(s["layout_model_names"])
-    return streamed_shell(
+    return ops.shell_unless(
         name=f"Fetch Docling's models ({names}) into {s['artifacts_dir']}",
+        done=f"[ -e {marker} ]",
+        stream=True,
         commands=[
             f"{venv}/bin/docling-tools models download {names} -o {s['artifacts_dir']}",
             f"chown -R {stack.user.name}: {s['artifacts_dir']} && touch {marker}",
@@ -117,39 +117,30 @@ def deploy_support(stack: Stack):
     """Venvs, code and units of the FastAPI and docling-serve services; returns {service: [ops]}."""
     changes: dict[str, list] = {}
     venv_ops: dict[tuple[str, str], object] = {}
+    shared_ops: dict[Path, object] = {}
     for service in stack.services_of_kind("fastapi") + stack.services_of_kind("docling-serve"):
         s = service.settings
         key = (s["venv"], s["requirements"])
         if key not in venv_ops:
             venv_ops[key] = ensure_requirements(stack, s["venv"], s["requirements"], service.kind)
-        ops = [venv_ops[key]]
+        ops_ = [venv_ops[key]]
         if service.kind == "fastapi":
-            # The apps share these modules; a script's own folder is first on sys.path.
-            for shared in SHARED_MODULES:
-                ops.append(
-                    files.put(
-                        name=f"Install {shared.name} beside {s['app']['dest']}",
-                        src=str(shared),
-                        dest=f"{Path(s['app']['dest']).parent}/{shared.name}",
-                        user="root",
-                        group=stack.user.name,
-                        mode="0644",
-                    )
+            # The modules the apps share, beside them (a script's own folder is first on sys.path):
+            # installed once, and their change restarts every app that reads them.
+            folder = Path(s["app"]["dest"]).parent
+            if folder not in shared_ops:
+                shared_ops[folder] = ops.install_files(
+                    name=f"Install the modules the FastAPI apps share into {folder}",
+                    files=[
+                        ops.HostFile(f"{folder}/{shared.name}", src=shared, group=stack.user.name)
+                        for shared in SHARED_MODULES
+                    ],
                 )
-            ops.append(
-                files.put(
-                    name=f"Install {s['app']['dest']}",
-                    src=s["app"]["src"],
-                    dest=s["app"]["dest"],
-                    user="root",
-                    group=stack.user.name,
-                    mode="0644",
-                )
-            )
-            spec = fastapi_spec(stack, service)
+            ops_.append(shared_ops[folder])
+            code = ops.HostFile(s["app"]["dest"], src=s["app"]["src"], group=stack.user.name)
+            ops_.append(install_unit(stack, service, fastapi_spec(stack, service), SOURCE, extra=[code]))
         else:
-            spec = docling_spec(stack, service)
-            ops.append(fetch_docling_models(stack, service))
-        ops.append(install_unit(stack, service, spec, SOURCE))
-        changes[service.name] = ops
+            ops_.append(fetch_docling_models(stack, service))
+            ops_.append(install_unit(stack, service, docling_spec(stack, service), SOURCE))
+        changes[service.name] = ops_
     return changes

@@ -5,15 +5,15 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 
-from pyinfra.operations import files, server, systemd
+from pyinfra.operations import server, systemd
 
 from kca_stack import Service, Stack
 
+from . import ops
 from .base import mounts_needed_by
 from .firewall import UNIT as FIREWALL_UNIT
 
 UNIT_TEMPLATE = "templates/etc/systemd/system/kca-service.service.j2"
-JINJA = {"trim_blocks": True, "lstrip_blocks": True}
 
 
 @dataclass
@@ -75,15 +75,19 @@ def unit_context(stack: Stack, service: Service, spec: UnitSpec, source: str) ->
     }
 
 
-def install_unit(stack: Stack, service: Service, spec: UnitSpec, source: str):
-    """Render the unit file; returns the operation (its change restarts the service)."""
-    return files.template(
-        name=f"Install {service.unit}",
-        src=UNIT_TEMPLATE,
-        dest=f"{stack.paths['units']}/{service.unit}",
-        mode="0644",
-        jinja_env_kwargs=JINJA,
-        **unit_context(stack, service, spec, source),
+def unit_file(stack: Stack, service: Service, spec: UnitSpec, source: str) -> ops.HostFile:
+    """The service's unit file, rendered from the one template."""
+    return ops.template(
+        UNIT_TEMPLATE, f"{stack.paths['units']}/{service.unit}", **unit_context(stack, service, spec, source)
+    )
+
+
+def install_unit(stack: Stack, service: Service, spec: UnitSpec, source: str, extra: list[ops.HostFile] = ()):
+    """Install the unit file (and `extra`, the files only this service reads: its code); returns the
+    operation, whose change restarts the service."""
+    what = "its unit" if not extra else f"its unit and {', '.join(f.dest.rsplit('/', 1)[-1] for f in extra)}"
+    return ops.install_files(
+        name=f"Install {service.unit} ({what})", files=[unit_file(stack, service, spec, source), *extra]
     )
 
 
@@ -97,28 +101,26 @@ def activate(stack: Stack, services: list[Service], changed_ops: dict[str, list]
     """Enable what starts at boot, start it, and restart a running service whose unit, binary or
     model changed. Services outside the boot scenario are left as the operator (or kca-gpu-switch)
     set them: the deploy never fights the GPU switch."""
-    reload_needed = any(op.will_change for ops in changed_ops.values() for op in ops if op is not None)
-    if reload_needed:
-        systemd.daemon_reload(name="Reload systemd units")
+    every_op = [op for ops_ in changed_ops.values() for op in ops_ if op is not None]
+    systemd.daemon_reload(name="Reload systemd units", _if=lambda: ops.changed(every_op))
+    wanted = []
     for service in services:
-        at_boot = stack.starts_at_boot(service)
-        runnable = stack.runnable_here(service)
-        ops = [op for op in changed_ops.get(service.name, []) if op is not None]
-        systemd.service(
-            name=f"Enable {service.unit}" if at_boot else f"Disable {service.unit} at boot",
-            service=service.unit,
-            enabled=at_boot and runnable,
-            running=True if (at_boot and runnable) else None,
-        )
-        if ops:
+        at_boot = stack.starts_at_boot(service) and stack.runnable_here(service)
+        wanted.append((service.unit, at_boot, True if at_boot else None))
+    ops.units_running(
+        name=f"Enable and start the boot scenario's units ({', '.join(s.name for s in services)})", units=wanted
+    )
+    for service in services:
+        own = [op for op in changed_ops.get(service.name, []) if op is not None]
+        if own:
             # try-restart decides on the host, at that moment: a stopped unit stays stopped (a plain
             # restart would start it, and its Conflicts= would stop what shares the GPU).
             server.shell(
                 name=f"Restart {service.unit} if running (its unit, binary or model changed)",
                 commands=[f"systemctl try-restart {service.unit}"],
-                _if=_any_changed(ops),
+                _if=_any_changed(own),
             )
 
 
-def _any_changed(ops: list):
-    return lambda: any(op.did_change() for op in ops)
+def _any_changed(ops_: list):
+    return lambda: ops.changed(ops_)

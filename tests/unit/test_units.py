@@ -6,13 +6,13 @@ from __future__ import annotations
 import ipaddress
 import shlex
 
-import jinja2
 import pytest
 
 from kca_stack import build_stack
 from kca_stack.data import group_data
 from tasks import llm, support
-from tasks.units import JINJA, UNIT_TEMPLATE, unit_context
+from tasks.render import render as render_template
+from tasks.units import UNIT_TEMPLATE, unit_context
 from tasks.util import systemd_command_line, systemd_quote
 
 SPECS = {
@@ -26,8 +26,7 @@ SPECS = {
 def render(stack, service) -> str:
     """The unit as pyinfra renders it: the same template, the same context."""
     spec = SPECS[service.kind](stack, service)
-    environment = jinja2.Environment(loader=jinja2.FileSystemLoader("."), keep_trailing_newline=True, **JINJA)
-    return environment.get_template(UNIT_TEMPLATE).render(**unit_context(stack, service, spec, "test"))
+    return render_template(UNIT_TEMPLATE, **unit_context(stack, service, spec, "test"))
 
 
 def directives(text: str) -> dict[str, list[str]]:
