@@ -16,21 +16,28 @@ def secret_path(stack: Stack, name: str) -> str:
     return f"{stack.paths['secrets']}/{name}"
 
 
+def generate_command(path: str, size: int) -> str:
+    """Create the secret file at `path` (root-only from the start) unless it exists: the test is on the
+    host, in the same command, so that no run ever replaces a secret."""
+    path = shlex.quote(path)
+    return (
+        f"[ -e {path} ] || {{ umask 077; head -c {size} /dev/urandom | base64 "
+        f"| tr -d '\\n/+=' > {path}.tmp && mv {path}.tmp {path}; }}"
+    )
+
+
 @deploy("Secrets")
 def deploy_secrets(stack: Stack) -> None:
     files = [secret_path(stack, name) for name in stack.secrets]
-    paths = [shlex.quote(f) for f in files]
-    if not paths:
+    if not files:
         return
-    # Each secret is generated only where its file is missing: the test on the host, in the same
-    # command, so that no run ever replaces one.
+    paths = " ".join(shlex.quote(f) for f in files)
     generate = [
-        f"[ -e {path} ] || {{ umask 077; head -c {int(spec.get('bytes', 32))} /dev/urandom | base64 "
-        f"| tr -d '\\n/+=' > {path}.tmp && mv {path}.tmp {path}; }}"
-        for path, spec in zip(paths, stack.secrets.values(), strict=True)
+        generate_command(path, int(spec.get("bytes", 32)))
+        for path, spec in zip(files, stack.secrets.values(), strict=True)
     ]
     ops.shell_unless(
         name="Generate the missing secrets (never one that exists), readable by root only",
         done=ops.stat_test(files, "600 root root"),
-        commands=[*generate, f"chown root:root {' '.join(paths)}", f"chmod 0600 {' '.join(paths)}"],
+        commands=[*generate, f"chown root:root {paths}", f"chmod 0600 {paths}"],
     )
