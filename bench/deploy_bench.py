@@ -56,14 +56,16 @@ def operations(results: dict | None) -> str:
     return str(len(results["results"]["operations"]))
 
 
-def compare(other: Path, runs: int) -> int:
-    """The no-change deploy of `other` and of this checkout, in turns, on the same host."""
+def compare(other: Path, runs: int, group_data: Path | None = None) -> int:
+    """The no-change deploy of `other` and of this checkout, in turns, on the same host. `group_data`:
+    a folder of group files laid over both checkouts' data (`deploy_layers = ["base", "llm"]`, say)."""
+    extra = ["--group-data", str(group_data)] if group_data else []
     checkouts = [(f"{other.name} ({git_head(other)})", other), (f"this ({git_head(ROOT)})", ROOT)]
     rows = []
     for run in range(1, runs + 1):
         for label, checkout in checkouts:
             seconds, results = timed(
-                [*PYINFRA, "--json", "inventory.py", "deploy.py"], f"{label}, run {run}", True, cwd=checkout
+                [*PYINFRA, *extra, "--json", "inventory.py", "deploy.py"], f"{label}, run {run}", True, cwd=checkout
             )
             rows.append((label, run, seconds, operations(results), changed(results)))
     print()
@@ -86,9 +88,10 @@ def main() -> int:
     parser.add_argument("--keep-host", action="store_true", help="reuse the running, deployed test host")
     parser.add_argument("--compare", type=Path, help="another checkout whose no-change deploy to measure beside")
     parser.add_argument("--runs", type=int, default=3, help="with --compare: runs of each")
+    parser.add_argument("--group-data", type=Path, help="with --compare: group files laid over the data")
     args = parser.parse_args()
     if args.compare:
-        return compare(args.compare.resolve(), args.runs)
+        return compare(args.compare.resolve(), args.runs, args.group_data.resolve() if args.group_data else None)
 
     rows = []
     if not args.keep_host:

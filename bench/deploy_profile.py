@@ -2,7 +2,7 @@
 every command it sends to the host (facts and operation commands) and the time each takes, by the
 operation that sent it ("planning" for facts read while the deploy file is loaded).
 
-    python bench/deploy_profile.py [--top 25] [--json out.json] [deploy.py]
+    python bench/deploy_profile.py [--top 25] [--json out.json] [--group-data DIR] [deploy.py]
 
 A no-change deploy's cost is mostly round trips: this tells which operations make them.
 """
@@ -24,6 +24,7 @@ def main() -> int:
     parser.add_argument("deploy", nargs="?", default="deploy.py")
     parser.add_argument("--top", type=int, default=25, help="how many operations to list")
     parser.add_argument("--json", help="write every command's record to this file")
+    parser.add_argument("--group-data", help="a folder of group files laid over the data")
     args = parser.parse_args()
 
     from pyinfra import context
@@ -63,7 +64,8 @@ def main() -> int:
     wrap("run_shell_command", "command")
     wrap("put_file", "upload")
 
-    sys.argv = ["pyinfra", "-y", "inventory.py", args.deploy]
+    extra = ["--group-data", args.group_data] if args.group_data else []
+    sys.argv = ["pyinfra", "-y", *extra, "inventory.py", args.deploy]
     try:
         pyinfra_main()
     except SystemExit as done:

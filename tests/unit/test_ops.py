@@ -38,7 +38,27 @@ def test_file_states_read_mode_owner_and_sha256_and_skip_what_is_not_a_file(tmp_
     fact = ops.FileStates()
     found = fact.process(sh(fact.command(paths)))
     user, group = me()
-    assert found == [("640", user, group, hashlib.sha256(b"hello\n").hexdigest()), None, None, None]
+    mtime = str(int(regular.stat().st_mtime))
+    assert found == [("640", user, group, "6", mtime, hashlib.sha256(b"hello\n").hexdigest()), None, None, None]
+    # A large file is compared by size and mtime: no sha256 read on the host.
+    assert fact.process(sh(fact.command(paths[:1], quick=paths[:1]))) == [("640", user, group, "6", mtime, "-")]
+
+
+def test_a_host_file_compares_content_and_a_large_one_size_and_mtime(tmp_path):
+    small = tmp_path / "small"
+    small.write_bytes(b"x" * 10)
+    spec = ops.HostFile("/dest", src=small)
+    assert not spec.quick
+    assert spec.same_as(("644", "root", "root", "10", "1", hashlib.sha256(b"x" * 10).hexdigest()))
+    assert not spec.same_as(("644", "root", "root", "10", "1", hashlib.sha256(b"y").hexdigest()))
+    large = tmp_path / "large"
+    large.write_bytes(b"\0" * ops.QUICK_CHECK_BYTES)
+    spec = ops.HostFile("/dest", src=large)
+    size, mtime = str(ops.QUICK_CHECK_BYTES), str(int(large.stat().st_mtime))
+    assert spec.quick
+    assert spec.same_as(("644", "root", "root", size, mtime, "-"))
+    assert not spec.same_as(("644", "root", "root", size, str(int(mtime) - 1), "-"))
+    assert not spec.same_as(("644", "root", "root", "1", mtime, "-"))
 
 
 def test_directory_states_name_the_type_of_what_is_there(tmp_path):
