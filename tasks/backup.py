@@ -171,7 +171,7 @@ def deploy_backup(stack: Stack) -> None:
 
     unit_files = []
     for unit in units(stack):
-        # Not `name`: files.template takes that as the operation's name.
+        # The unit's name is its file's name, not a value of the template.
         context = {"source": SOURCE, **{k: v for k, v in unit.items() if k != "name"}}
         for suffix, template in ((".service", SERVICE_TEMPLATE), (".timer", TIMER_TEMPLATE)):
             unit_files.append(ops.template(template, f"{stack.paths['units']}/{unit['name']}{suffix}", **context))

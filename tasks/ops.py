@@ -139,15 +139,18 @@ def changed(ops: Iterable) -> bool:
 
 def _connector_arguments() -> dict:
     """The connector arguments of the running operation (sudo, the user, the environment), for a
-    command the operation sends itself."""
+    command the operation sends itself: what pyinfra passes to its own commands. (pyinfra's files.put
+    reads `current_op_global_arguments` the same way, for _temp_dir.)"""
     arguments = host.current_op_global_arguments or {}
     return {key: arguments[key] for key in CONNECTOR_ARGUMENT_KEYS if key in arguments}
 
 
 def _run_printing_output(state, host, command: str, arguments: dict) -> bool:
-    """Run `command` with its output printed as it comes (pyinfra prints a command's output only at
-    -vvv, for every command): long builds and downloads show their progress instead of hanging
-    silently. A FunctionCommand callback with the connector's documented `print_output`."""
+    """Run `command` with its output printed as it comes: long builds and downloads show their progress
+    instead of hanging silently. pyinfra prints a command's output only at -vvv, and then for every
+    command and fact; this is the supported way to do it for one: a FunctionCommand callback (as
+    python.call runs) calling `host.run_shell_command` with the connector's `print_output`. pyinfra is
+    pinned to one version in pyproject.toml and the lock all the same."""
     status, _ = host.run_shell_command(
         StringCommand(command), print_output=True, print_input=state.print_input, **arguments
     )

@@ -63,7 +63,7 @@ def unit_context(stack: Stack, service: Service, spec: UnitSpec, source: str) ->
         "listen": "{}:{}".format(*stack.listen_address(service)),
         "firewall_unit": firewall_unit_of(stack, service),
         "conflicts": [other.unit for other in stack.conflicts_of(service)],
-        # Not `user`: files.template takes that as the file's owner.
+        # Not `user`: ops.template takes that as the file's owner.
         "service_user": stack.user_of(service).name,
         "environment": spec.environment,
         "credentials": credentials_of(stack, service),
