@@ -57,6 +57,8 @@ class FileStates(FactBase[list]):
     """For each path, in order: None when it is not a regular file, else (mode, user, group, size,
     mtime, sha256). The paths in `quick` get '-' for their sha256: they are compared by size and mtime."""
 
+    default = list
+
     def command(self, paths: Sequence[str], quick: Sequence[str] = ()) -> str:
         one = (
             'f() { if [ -f "$1" ] && [ ! -L "$1" ]; then printf \'%s %s\\n\' "$(stat -c \'%a %U %G %s %Y\' -- "$1")" '
@@ -72,6 +74,8 @@ class FileStates(FactBase[list]):
 class DirectoryStates(FactBase[list]):
     """For each path, in order: None when it does not exist, else (type, mode, user, group)."""
 
+    default = list
+
     def command(self, paths: Sequence[str]) -> str:
         quoted = " ".join(shlex.quote(p) for p in paths)
         # %F is the type in words ("directory", "regular file"): its spaces become dashes.
@@ -86,6 +90,8 @@ class DirectoryStates(FactBase[list]):
 
 class UnitStates(FactBase[dict]):
     """For each systemd unit: (enabled, running), as pyinfra's SystemdEnabled and SystemdStatus read them."""
+
+    default = dict
 
     def command(self, units: Sequence[str]) -> str:
         quoted = " ".join(shlex.quote(u) for u in units)
@@ -110,6 +116,8 @@ class UnitStates(FactBase[dict]):
 
 class PackageVersions(FactBase[dict]):
     """The installed version of each named Debian package that is installed (others are absent)."""
+
+    default = dict
 
     def command(self, packages: Sequence[str]) -> str:
         quoted = " ".join(shlex.quote(p) for p in packages)
@@ -379,6 +387,8 @@ def packages(packages: Sequence[str], update: bool = True, no_recommends: bool =
 class Passwd(FactBase[dict]):
     """Every account of the host: {name: {"uid": uid}} (`getent passwd`, one short read)."""
 
+    default = dict
+
     def command(self) -> str:
         return "getent passwd"
 
@@ -388,6 +398,8 @@ class Passwd(FactBase[dict]):
 
 class AccountStates(FactBase[dict]):
     """For each name: ({uid, gid, home, shell} or None, its group's gid or None)."""
+
+    default = dict
 
     def command(self, names: Sequence[str]) -> str:
         quoted = " ".join(shlex.quote(n) for n in names)

@@ -146,3 +146,9 @@ def test_account_states_command_prints_two_lines_per_name():
     found = ops.AccountStates().process(lines)
     assert found["root"][0]["uid"] == 0
     assert found["no-such-account-here"] == (None, None)
+
+
+def test_facts_that_read_nothing_give_an_empty_answer_not_none():
+    # pyinfra gives a fact's default when its command prints nothing (no package of the list installed).
+    assert ops.PackageVersions().default() == {}
+    assert ops.UnitStates().default() == {}
