@@ -15,7 +15,7 @@ from kca_stack import Service, Stack
 from kca_stack.validate import moving_refs
 
 from . import ops
-from .util import owned_by_test
+from .util import all_owned_by_test, owned_by_test
 
 # Read once per host and run: several layers pick their package names from the profile.
 _PROFILES: dict[str, dict] = {}
@@ -95,22 +95,25 @@ def deploy_base(stack: Stack) -> None:
         packages=list(stack.base_packages) + list(profile.get("extra_packages", [])),
     )
 
+    # Root's, like /models that holds them (group_data venvs): root runs pip and Python there, so no
+    # other user may write there. A host whose venvs were kca's is handed back to root.
+    done, commands = [all_owned_by_test([v.path for v in stack.venvs.values()], "root", 0)], []
     for venv in stack.venvs.values():
-        # Root's, like /models that holds it (group_data venvs): root runs pip and Python here, so no
-        # other user may write here. A host whose venvs were kca's is handed back to root.
         path = shlex.quote(venv.path)
-        done = [f"[ -f {path}/bin/activate ]", owned_by_test(venv.path, "root", 0)]
-        commands = [f"[ -f {path}/bin/activate ] || {profile['python']} -m venv {path}", f"chown -hR root:root {path}"]
+        done.append(f"[ -f {path}/bin/activate ]")
+        commands += [
+            f"[ -f {path}/bin/activate ] || {profile['python']} -m venv {path}",
+            f"{owned_by_test(venv.path, 'root', 0)} || chown -hR root:root {path}",
+        ]
         if venv.link:
             link, owner = shlex.quote(venv.link), f"{stack.user.name}:{stack.user.name}"
             done.append(f'[ "$(readlink {link})" = {path} ] && [ "$(stat -c %U:%G {link})" = {owner} ]')
             commands.append(f"ln -sfn {path} {link} && chown -h {owner} {link}")
-        ops.shell_unless(
-            name=f"Create the Python environment {venv.path}, root's"
-            + (f", linked from {venv.link}" if venv.link else ""),
-            done=" && ".join(done),
-            commands=commands,
-        )
+    ops.shell_unless(
+        name=f"Create the Python environments, root's ({', '.join(v.path for v in stack.venvs.values())})",
+        done=" && ".join(done),
+        commands=commands,
+    )
 
 
 def mount_models_filesystem(stack: Stack) -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from tasks import ops
 from tasks.secrets import generate_command
-from tasks.util import owned_by_test
+from tasks.util import all_owned_by_test, owned_by_test
 
 
 def sh(command: str) -> list[str]:
@@ -89,6 +89,10 @@ def test_owned_by_test_finds_a_file_of_another_owner(tmp_path):
     (tmp_path / "sub" / "f").write_text("x")
     assert passes(owned_by_test(str(tmp_path), "nobody-here", os.getuid()))
     assert not passes(owned_by_test(str(tmp_path), "nobody-here", os.getuid() + 4242))
+    (tmp_path / "other").mkdir()
+    trees = [str(tmp_path / "sub"), str(tmp_path / "other")]
+    assert passes(all_owned_by_test(trees, "nobody-here", os.getuid()))
+    assert not passes(all_owned_by_test(trees, "nobody-here", os.getuid() + 4242))
 
 
 def test_the_secret_generator_never_replaces_a_secret(tmp_path):
