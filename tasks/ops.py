@@ -205,7 +205,7 @@ def shell_unless(done: str, commands: list[str], triggers: Sequence = (), stream
     `triggers` (earlier operations) changed the host. `stream`: print their output as it comes (long
     builds, downloads). pyinfra's `_sudo_user` applies to the test and the commands alike."""
     if not changed(triggers) and host.get_fact(ShellTest, test=done):
-        host.noop(f"already done: {done}")
+        host.noop("the host passes the test: nothing to do")
         return
     yield from shell_commands(commands, stream)
 
