@@ -16,13 +16,11 @@ from tasks import (
     docker,
     firewall,
     identities,
-    llama_cpp,
     llm,
     nvidia,
     openwebui,
     proxy,
     secrets,
-    support,
     units,
     weights,
 )
@@ -44,6 +42,10 @@ if layers != LAYERS[: len(layers)]:
     )
     sys.exit(2)
 
+# What restarts each service: every task registers its operations here (kca_stack.kinds names the
+# task of each kind); activation restarts a running service when one of them changed.
+restarts = units.Restarts()
+
 # 1. The base layer: one identity per service (first: they own folders below), user, /models,
 #    directory tree, packages, Python environment.
 identities.deploy_identities(stack=stack)
@@ -55,40 +57,22 @@ secrets.deploy_secrets(stack=stack)
 firewall.deploy_firewall(stack=stack)
 
 if "llm" in layers:
-    # 2. The GPU layer, then the LLM services: llama.cpp built from the pinned source, models, vLLM,
-    #    units, the GPU switch.
+    # 2. The GPU layer, then the LLM services (llama.cpp built from the pinned source, vLLM with its
+    #    plugin, their units), their models, the GPU switch.
     nvidia.deploy_nvidia(stack=stack)
-    llama_build = llama_cpp.deploy_llama_cpp(stack=stack)
-    llm_models = weights.deploy_models(stack=stack, kinds=("llama.cpp", "vllm"))
-    vllm_changes = llm.deploy_vllm(stack=stack)
-    llm_units = llm.deploy_llm_units(stack=stack)
+    llm_services = units.deploy_services(stack, "llm", restarts)
+    restarts.add_models(stack, weights.deploy_models(stack=stack, kinds=units.layer_kinds("llm")))
     llm.install_switch(stack=stack)
     # vLLM listens on loopback; its port is the authenticating proxy's.
     proxy.deploy_auth_proxy(stack=stack)
-
-    llm_changes = {
-        name: units.restart_triggers(
-            stack.services[name],
-            [*unit_ops, *(vllm_changes if stack.services[name].kind == "vllm" else [llama_build])],
-            llm_models,
-        )
-        for name, unit_ops in llm_units.items()
-    }
-    units.activate(stack, [stack.services[name] for name in llm_units], llm_changes)
+    units.activate(stack, llm_services, restarts)
 
 if "support" in layers:
     # 3. Support services: embeddings, reranker, Docling (their venvs first: a stand-in model may be
-    #    built with them).
-    support_changes = support.deploy_support(stack=stack)
-    support_models = weights.deploy_models(stack=stack, kinds=("fastapi", "docling-serve"))
-    units.activate(
-        stack,
-        [stack.services[name] for name in support_changes],
-        {
-            name: units.restart_triggers(stack.services[name], ops, support_models)
-            for name, ops in support_changes.items()
-        },
-    )
+    #    built with them), then their models.
+    support_services = units.deploy_services(stack, "support", restarts)
+    restarts.add_models(stack, weights.deploy_models(stack=stack, kinds=units.layer_kinds("support")))
+    units.activate(stack, support_services, restarts)
 
 if "apps" in layers:
     # 4. Docker, Open WebUI and Dify (the compose projects: pulled images, or images built on the host

@@ -989,8 +989,8 @@ openwebui = {
     "image": "ghcr.io/open-webui/open-webui",
     # Pinned: a new Open WebUI may migrate its database on start. PyPI's open-webui 0.12.4 = this tag.
     "tag": "v0.12.4",
-    # OPENAI_API_BASE_URLS lists every service of these kinds, in the order of `services`.
-    "llm_kinds": ["llama.cpp", "vllm"],
+    # OPENAI_API_BASE_URLS lists every LLM back end (the kinds kca_stack.kinds marks llm_backend), in
+    # the order of `services`.
     "embedding_service": "bge-embedding",
     "reranker_service": "bge-reranker",
     "docling_service": "docling",

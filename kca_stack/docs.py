@@ -218,7 +218,7 @@ def render(stack: Stack) -> str:
             "",
             f"GPU: {gpu.name}, {gpu.vram_total_gb:g} GB VRAM, {gpu.vram_usable_gb:g} GB usable. "
             "Only one large model holds the GPU at a time.",
-            f"Domain: `{stack.network.get('domain')}`. Docker network: `{stack.network.get('docker_network')}`.",
+            f"Domain: `{stack.network.domain}`. Docker network: `{stack.network.docker_network}`.",
             "",
             "## Services",
             "",

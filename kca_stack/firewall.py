@@ -14,12 +14,6 @@ if TYPE_CHECKING:
     from .model import Stack
 
 TABLE = "kca_filter"
-# Bridges whose containers may open connections out through the host: Docker's default bridge and the
-# bridges of user-defined networks (compose projects). Egress only: internal ports answer the one
-# named bridge of network.docker_network.
-DEFAULT_EGRESS_BRIDGES = ("docker0", "br-*")
-# Linux interface names are at most 15 characters (IFNAMSIZ - 1).
-MAX_INTERFACE_NAME = 15
 
 
 @dataclass(frozen=True)
@@ -63,7 +57,7 @@ def docker_published_external_ports(stack: Stack) -> list[int]:
 def docker_subnets(stack: Stack) -> tuple[list[str], list[str]]:
     """(IPv4, IPv6) networks containers come from when they reach host services."""
     v4, v6 = [], []
-    for text in stack.network.get("docker_subnets", []):
+    for text in stack.network.docker_subnets:
         network = ipaddress.ip_network(text, strict=False)
         (v4 if network.version == 4 else v6).append(str(network))
     return v4, v6
@@ -72,11 +66,11 @@ def docker_subnets(stack: Stack) -> tuple[list[str], list[str]]:
 def internal_bridge(stack: Stack) -> str:
     """The Linux bridge of the stack's Docker network (its name is pinned when the network is made):
     the only interface, besides loopback, that reaches the internal ports."""
-    return stack.network["docker_network_bridge"]
+    return stack.network.docker_network_bridge
 
 
 def egress_bridges(stack: Stack) -> list[str]:
-    return list(stack.network.get("docker_egress_bridges", DEFAULT_EGRESS_BRIDGES))
+    return list(stack.network.docker_egress_bridges)
 
 
 def ruleset_context(stack: Stack) -> dict:
@@ -84,7 +78,7 @@ def ruleset_context(stack: Stack) -> dict:
     v4, v6 = docker_subnets(stack)
     return {
         "table": TABLE,
-        "ssh_port": int(stack.network.get("ssh_port", 22)),
+        "ssh_port": int(stack.network.ssh_port),
         "external_ports": external_ports(stack),
         "internal_ports": internal_ports(stack),
         "docker_subnets_v4": v4,

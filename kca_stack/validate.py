@@ -11,16 +11,8 @@ from collections import defaultdict
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
-from .model import (
-    EXPOSURES,
-    GPU_CLASSES,
-    KINDS,
-    REPOSITORY_SCHEMES,
-    STATE_CAPTURES,
-    STATE_KINDS,
-    SYSTEMD_KINDS,
-    Problem,
-)
+from .kinds import KINDS
+from .model import REPOSITORY_SCHEMES, Problem
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 
@@ -29,18 +21,11 @@ if TYPE_CHECKING:
 
 
 def check_kinds(stack: Stack) -> list[Problem]:
+    """What a kind asks of the service beyond its settings: a unit name or a compose project."""
     problems = []
     for s in stack.services.values():
         where = f"services.{s.name}"
-        if s.kind not in KINDS:
-            problems.append(Problem(f"{where}.kind", f"unknown kind {s.kind!r}", f"use one of {', '.join(KINDS)}"))
-        if s.exposure not in EXPOSURES:
-            problems.append(
-                Problem(f"{where}.exposure", f"unknown exposure {s.exposure!r}", "use external or internal")
-            )
-        if s.gpu not in GPU_CLASSES:
-            problems.append(Problem(f"{where}.gpu", f"unknown GPU class {s.gpu!r}", "use large, small or None"))
-        if s.kind in SYSTEMD_KINDS and not (s.unit or "").endswith(".service"):
+        if s.is_systemd and not (s.unit or "").endswith(".service"):
             problems.append(
                 Problem(
                     f"{where}.unit",
@@ -48,7 +33,7 @@ def check_kinds(stack: Stack) -> list[Problem]:
                     "name the unit, e.g. 'my-service.service'",
                 )
             )
-        if s.kind == "docker" and not s.compose_project:
+        if not s.is_systemd and not s.compose_project:
             problems.append(
                 Problem(
                     f"{where}.compose_project",
@@ -60,24 +45,17 @@ def check_kinds(stack: Stack) -> list[Problem]:
 
 
 def check_ports(stack: Stack) -> list[Problem]:
-    """Ports in range, and no host port claimed twice (SSH included)."""
+    """No host port claimed twice (SSH included); each port's range is declared with it (model.Port)."""
     problems = []
     owners: dict[int, list[str]] = defaultdict(list)
-    ssh_port = stack.network.get("ssh_port", 22)
+    ssh_port = stack.network.ssh_port
     owners[ssh_port].append("network.ssh_port")
     for s in stack.services.values():
-        for index, port in enumerate(s.ports):
-            where = f"services.{s.name}.ports[{index}]"
-            for label, number in (("port", port.number), ("container_port", port.container_port)):
-                if number is not None and not 1 <= number <= 65535:
-                    problems.append(
-                        Problem(f"{where}.{label}", f"{number} is outside 1-65535", "pick a port in 1-65535")
-                    )
+        for port in s.ports:
             owners[port.number].append(f"services.{s.name}")
-        backend = s.settings.get("backend")
-        if backend is not None:
+        if s.backend is not None:
             # The service's own process listens there, behind the proxy that holds its port.
-            owners[backend.get("port")].append(f"services.{s.name}.backend")
+            owners[s.backend.port].append(f"services.{s.name}.backend")
     for number, claimants in sorted(owners.items()):
         if len(claimants) > 1:
             problems.append(
@@ -94,7 +72,7 @@ def check_binds(stack: Stack) -> list[Problem]:
     """An internal service never listens on a public address, and only on the wildcard address when
     the firewall keeps the outside away; an external one listens where the outside can reach it."""
     problems = []
-    firewall_on = bool(stack.firewall.get("enabled", False))
+    firewall_on = bool(stack.firewall.enabled)
     for s in stack.services.values():
         where = f"services.{s.name}.bind"
         try:
@@ -169,7 +147,7 @@ def check_references(stack: Stack) -> list[Problem]:
             )
         )
     for s in stack.services.values():
-        secret = s.settings.get("api_key_secret")
+        secret = s.api_key_secret
         if secret is not None and secret not in stack.secrets:
             problems.append(
                 Problem(
@@ -178,9 +156,7 @@ def check_references(stack: Stack) -> list[Problem]:
                     f"declare secrets.{secret} (it is generated on the host) or remove the reference",
                 )
             )
-    if stack.llama_cpp.source not in ("git", "archive"):
-        problems.append(Problem("llama_cpp.source", f"unknown source {stack.llama_cpp.source!r}", "use git or archive"))
-    if stack.llama_cpp.source == "archive" and stack.llama_cpp.archive not in stack.artifacts:
+    if stack.llama_cpp and stack.llama_cpp.source == "archive" and stack.llama_cpp.archive not in stack.artifacts:
         problems.append(
             Problem(
                 "llama_cpp.archive",
@@ -193,7 +169,7 @@ def check_references(stack: Stack) -> list[Problem]:
             problems.append(
                 Problem(f"model_standins.{model}", "stands in for an unknown model", "use a name from models")
             )
-        artifact = standin.get("artifact")
+        artifact = standin.artifact
         if artifact is not None and artifact not in stack.artifacts:
             problems.append(
                 Problem(
@@ -290,15 +266,6 @@ def check_paths(stack: Stack) -> list[Problem]:
 def check_docker(stack: Stack) -> list[Problem]:
     """Docker services name their compose service; the sources and secrets the Docker layer reads exist."""
     problems = []
-    for s in stack.services.values():
-        if s.kind == "docker" and not s.settings.get("compose_service"):
-            problems.append(
-                Problem(
-                    f"services.{s.name}.compose_service",
-                    "a docker service needs the name of its service in the compose file",
-                    "set compose_service (e.g. 'web' for Dify's web UI)",
-                )
-            )
     engine = stack.docker.get("engine", "docker-ce")
     if engine not in ("docker-ce", "debian"):
         problems.append(Problem("docker.engine", f"unknown engine {engine!r}", "use docker-ce or debian"))
@@ -320,57 +287,28 @@ def check_docker(stack: Stack) -> list[Problem]:
     return problems
 
 
-# The load settings of the FastAPI model servers (apps/): (section or None for the service itself, key,
-# smallest, largest, what it is).
-SUPPORT_LOAD_FIELDS = (
-    (None, "threads", 1, 256, "CPU threads of the forward pass"),
-    ("batching", "batch_tokens", 1, 1 << 20, "tokens in one forward pass"),
-    ("batching", "wait_ms", 0, 100, "a short wait in ms: single requests must not pay for batching"),
-    ("batching", "max_queued_requests", 1, 4096, "requests admitted at once"),
-    ("limits", "max_items", 1, 1 << 16, "texts in one request"),
-    ("limits", "max_text_chars", 1, 1 << 24, "characters in one text"),
-    ("limits", "max_text_tokens", 1, 1 << 20, "tokens in one text"),
-    ("limits", "max_request_tokens", 1, 1 << 24, "tokens in one request"),
-    ("limits", "max_body_bytes", 1, 1 << 30, "bytes in one request body"),
-    ("limits", "body_timeout_s", 1, 600, "seconds to receive a body"),
-    ("uvicorn", "limit_concurrency", 1, 65536, "open connections and tasks"),
-    ("uvicorn", "timeout_keep_alive_s", 1, 600, "seconds an idle connection stays open"),
-)
-
-
 def check_support_load(stack: Stack) -> list[Problem]:
-    """Every load setting of a FastAPI model server is a whole number in its range, a text fits one
-    forward pass (or the pass bound says nothing about VRAM), and the queue's own 503 comes before
-    uvicorn's."""
+    """A text fits one forward pass of a FastAPI model server (or the pass bound says nothing about
+    VRAM), and the queue's own 503 comes before uvicorn's. Each value's range is declared with it
+    (kinds.Batching, kinds.Limits, kinds.Uvicorn)."""
     problems = []
     for s in stack.services_of_kind("fastapi"):
-        values = {}
-        for section, key, smallest, largest, meaning in SUPPORT_LOAD_FIELDS:
-            field = f"services.{s.name}.{section}.{key}" if section else f"services.{s.name}.{key}"
-            value = (s.settings.get(section) or {}).get(key) if section else s.settings.get(key)
-            if isinstance(value, bool) or not isinstance(value, int):
-                problems.append(Problem(field, f"is {value!r}, not a whole number", f"set {meaning}"))
-            elif not smallest <= value <= largest:
-                problems.append(
-                    Problem(field, f"{value} is outside {smallest}-{largest}", f"set {meaning} within the range")
-                )
-            else:
-                values[key] = value
         where = f"services.{s.name}"
-        if values.get("max_text_tokens", 0) > values.get("batch_tokens", 1 << 30):
+        batching, limits, server = s.settings.batching, s.settings.limits, s.settings.uvicorn
+        if limits.max_text_tokens > batching.batch_tokens:
             problems.append(
                 Problem(
                     f"{where}.limits.max_text_tokens",
-                    f"{values['max_text_tokens']} is more than batching.batch_tokens {values['batch_tokens']}",
+                    f"{limits.max_text_tokens} is more than batching.batch_tokens {batching.batch_tokens}",
                     "raise batch_tokens or lower max_text_tokens: one text must fit one forward pass",
                 )
             )
-        if values.get("limit_concurrency", 1 << 30) <= values.get("max_queued_requests", 0):
+        if server.limit_concurrency <= batching.max_queued_requests:
             problems.append(
                 Problem(
                     f"{where}.uvicorn.limit_concurrency",
-                    f"{values['limit_concurrency']} is not above batching.max_queued_requests "
-                    f"{values['max_queued_requests']}",
+                    f"{server.limit_concurrency} is not above batching.max_queued_requests "
+                    f"{batching.max_queued_requests}",
                     "raise limit_concurrency: the queue's 503 with Retry-After must come before uvicorn's bare one",
                 )
             )
@@ -391,22 +329,21 @@ def check_identities(stack: Stack) -> list[Problem]:
                 )
             )
     if stack.proxied_services():
-        proxy_user = stack.auth_proxy.get("user")
+        proxy_user = stack.auth_proxy.user if stack.auth_proxy else None
         if proxy_user not in stack.service_users:
             problems.append(
                 Problem("auth_proxy.user", f"{proxy_user!r} is not a key of service_users", "name one of them")
             )
     for s in stack.proxied_services():
-        backend = s.settings["backend"]
-        if not ipaddress.ip_address(backend.get("bind", "0.0.0.0")).is_loopback:
+        if not _is_loopback(s.backend.bind):
             problems.append(
                 Problem(
                     f"services.{s.name}.backend.bind",
-                    f"{backend.get('bind')} is not loopback: the backend would answer without the proxy's check",
+                    f"{s.backend.bind} is not loopback: the backend would answer without the proxy's check",
                     "bind the backend to 127.0.0.1",
                 )
             )
-        if not s.settings.get("api_key_secret"):
+        if not s.api_key_secret:
             problems.append(
                 Problem(
                     f"services.{s.name}.api_key_secret",
@@ -441,28 +378,11 @@ def check_identities(stack: Stack) -> list[Problem]:
     return problems
 
 
-def check_network(stack: Stack) -> list[Problem]:
-    """The Docker network's bridge has a name the firewall can match exactly."""
-    from .firewall import MAX_INTERFACE_NAME
-
-    bridge = stack.network.get("docker_network_bridge")
-    if not isinstance(bridge, str) or not bridge:
-        return [
-            Problem(
-                "network.docker_network_bridge",
-                "is missing: the firewall opens the internal ports to this bridge only",
-                "name the bridge of network.docker_network, e.g. 'br-ai-network'",
-            )
-        ]
-    if len(bridge) > MAX_INTERFACE_NAME or not all(c.isalnum() or c in "-_." for c in bridge):
-        return [
-            Problem(
-                "network.docker_network_bridge",
-                f"{bridge!r} is not a Linux interface name (at most {MAX_INTERFACE_NAME} letters, digits, - _ .)",
-                "pick a shorter plain name",
-            )
-        ]
-    return []
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
 
 
 # Which captures give a consistent copy of which kind of state.
@@ -473,7 +393,6 @@ CAPTURES_OF_KIND = {
     "secrets": ("copy",),
 }
 RETENTION_KEYS = ("keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly", "keep_yearly")
-POSTGRESQL_KEYS = ("image", "user", "password_secret", "mount", "pgdata")
 
 
 def repository_problem(repository: str) -> str | None:
@@ -507,22 +426,12 @@ def check_state(stack: Stack) -> list[Problem]:
                 Problem(where, f"the state name {item.name!r} is also {seen[item.name]}", "rename the host state")
             )
         seen[item.name] = where
-        if item.kind not in STATE_KINDS:
-            problems.append(
-                Problem(f"{where}.kind", f"unknown kind {item.kind!r}", f"use one of {', '.join(STATE_KINDS)}")
-            )
-        elif item.capture not in CAPTURES_OF_KIND[item.kind]:
+        if item.capture not in CAPTURES_OF_KIND[item.kind]:
             problems.append(
                 Problem(
                     f"{where}.capture",
                     f"{item.capture!r} does not give a consistent copy of {item.kind} state",
                     f"use {' or '.join(CAPTURES_OF_KIND[item.kind])}",
-                )
-            )
-        if item.capture not in STATE_CAPTURES:
-            problems.append(
-                Problem(
-                    f"{where}.capture", f"unknown capture {item.capture!r}", f"use one of {', '.join(STATE_CAPTURES)}"
                 )
             )
         if not item.paths:
@@ -540,19 +449,17 @@ def check_state(stack: Stack) -> list[Problem]:
             problems.append(
                 Problem(f"{where}.capture", "only a service's container can be stopped", "use copy for host state")
             )
-        if item.kind == "postgresql":
-            settings = item.settings.get("postgresql", {})
-            missing = [key for key in POSTGRESQL_KEYS if not settings.get(key)]
-            if missing:
-                problems.append(
-                    Problem(
-                        f"{where}.postgresql",
-                        f"is missing {', '.join(missing)}",
-                        "give the image, superuser, password secret, mount point and PGDATA of the database container",
-                    )
+        if item.kind == "postgresql" and item.postgresql is None:
+            problems.append(
+                Problem(
+                    f"{where}.postgresql",
+                    "is missing",
+                    "give the image, superuser, password secret, mount point and PGDATA of the database container",
                 )
-            secret = settings.get("password_secret")
-            if secret and secret not in stack.secrets:
+            )
+        if item.postgresql is not None:
+            secret = item.postgresql.password_secret
+            if secret not in stack.secrets:
                 problems.append(
                     Problem(
                         f"{where}.postgresql.password_secret", f"{secret!r} is not declared", f"add secrets.{secret}"
@@ -630,7 +537,7 @@ def check_backup(stack: Stack) -> list[Problem]:
 def check_ssh_port(stack: Stack) -> list[Problem]:
     """The firewall opens network.ssh_port; the deploy connects on the inventory's port. If they differ,
     the first deploy locks itself (and the operator) out."""
-    wanted = stack.network.get("ssh_port", 22)
+    wanted = stack.network.ssh_port
     if wanted == stack.connection_port:
         return []
     return [
@@ -711,40 +618,18 @@ def check_venv_owners(stack: Stack) -> list[Problem]:
 
 
 def check_nvidia(stack: Stack) -> list[Problem]:
-    """The driver branch is pinned and new enough; the keys and packages fetched are checked."""
+    """The driver branch is new enough for the card (its form, the checksums and the key's fingerprint
+    are declared with them: model.Nvidia)."""
     nvidia = stack.nvidia
-    if not nvidia:
+    if nvidia is None or int(nvidia.driver_branch) >= nvidia.driver_min_major:
         return []
-    problems = []
-    branch = str(nvidia.get("driver_branch", ""))
-    minimum = nvidia.get("driver_min_major", 0)
-    if not branch.isdigit():
-        problems.append(
-            Problem("nvidia.driver_branch", f"{branch!r} is not a driver branch", "pin a branch, e.g. '580'")
+    return [
+        Problem(
+            "nvidia.driver_branch",
+            f"{nvidia.driver_branch} is older than nvidia.driver_min_major {nvidia.driver_min_major}",
+            f"pin a branch >= {nvidia.driver_min_major}",
         )
-    elif int(branch) < minimum:
-        problems.append(
-            Problem(
-                "nvidia.driver_branch",
-                f"{branch} is older than nvidia.driver_min_major {minimum}",
-                f"pin a branch >= {minimum}",
-            )
-        )
-    sha256 = nvidia.get("cuda_keyring_sha256")
-    if sha256 is not None and not _is_hex(sha256, 64):
-        problems.append(
-            Problem("nvidia.cuda_keyring_sha256", f"{sha256!r} is not a sha256", "write the 64 hex digits, or None")
-        )
-    fingerprint = str(nvidia.get("container_toolkit", {}).get("key_fingerprint", "")).replace(" ", "")
-    if not _is_hex(fingerprint, 40):
-        problems.append(
-            Problem(
-                "nvidia.container_toolkit.key_fingerprint",
-                f"{fingerprint!r} is not an OpenPGP fingerprint",
-                "write the key's 40 hex digits (gpg --show-keys)",
-            )
-        )
-    return problems
+    ]
 
 
 def _is_hex(value: object, length: int) -> bool:
@@ -768,12 +653,12 @@ def moving_refs(stack: Stack) -> list[str]:
                     found.append(f"{at}.revision = {f.revision!r} (a branch: pin the commit)")
                 if f.role != "snapshot" and f.sha256 is None:
                     found.append(f"{at}.sha256 = None (verified by the hub's own checksum only)")
-    plugin = stack.vllm.get("plugin", {})
-    if plugin.get("source") == "git" and not _is_commit(plugin.get("git_ref")):
-        found.append(f"vllm.plugin.git_ref = {plugin.get('git_ref')!r} (a branch: pin the commit)")
-    if stack.llama_cpp.source == "git" and not _is_commit(stack.llama_cpp.git_ref):
+    plugin = stack.vllm.plugin if stack.vllm else None
+    if plugin and plugin.source == "git" and not _is_commit(plugin.git_ref):
+        found.append(f"vllm.plugin.git_ref = {plugin.git_ref!r} (a branch: pin the commit)")
+    if stack.llama_cpp and stack.llama_cpp.source == "git" and not _is_commit(stack.llama_cpp.git_ref):
         found.append(f"llama_cpp.git_ref = {stack.llama_cpp.git_ref!r} (not a commit)")
-    if stack.gpu.present and stack.nvidia.get("cuda_keyring_sha256") is None:
+    if stack.gpu.present and stack.nvidia and stack.nvidia.cuda_keyring_sha256 is None:
         found.append("nvidia.cuda_keyring_sha256 = None (the keyring is not fetched until it is set)")
     if stack.docker.get("pull_images", True):
         if stack.openwebui.get("image") and not stack.openwebui.get("digest"):
@@ -785,8 +670,141 @@ def moving_refs(stack: Stack) -> list[str]:
     return found
 
 
+# Keys of systemd_relaxations beside the kinds: the GPU, and the authenticating proxy's unit.
+RELAXATION_KEYS = ("gpu", "auth-proxy")
+
+
+def check_accounts(stack: Stack) -> list[Problem]:
+    """Every directory belongs to an account the deploy knows: root, the operator, or a service user
+    (the base layer creates them before the tree; an unknown name fails halfway through a deploy)."""
+    known = {"root", stack.user.name, *(u.name for u in stack.service_users.values())}
+    return [
+        Problem(
+            f"directories[{index}].owner",
+            f"{directory.owner!r} is not an account of this stack",
+            f"use one of {', '.join(sorted(known))}",
+        )
+        for index, directory in enumerate(stack.directories)
+        if directory.owner is not None and directory.owner not in known
+    ]
+
+
+def _unique(claims: list[tuple[object, str]], what: str, fix: str) -> list[Problem]:
+    """One Problem for each later claim of an identity (value, field) that an earlier one holds."""
+    first: dict[object, str] = {}
+    problems = []
+    for value, field in claims:
+        if value in first:
+            problems.append(Problem(field, f"{what} {value} is also {first[value]}'s", fix))
+        else:
+            first[value] = field
+    return problems
+
+
+def check_unique(stack: Stack) -> list[Problem]:
+    """Each identity once: unit names, compose services of a project, model files, model and venv
+    folders, directories of the tree, and secret files."""
+    problems = []
+    units = [(s.unit, f"services.{s.name}.unit") for s in stack.services.values() if s.unit]
+    if stack.auth_proxy:
+        units.append((stack.auth_proxy.unit, "auth_proxy.unit"))
+    problems += _unique(units, "the unit", "give each service a unit of its own")
+    compose = [
+        (f"{s.compose_project}/{s.settings.compose_service}", f"services.{s.name}.compose_service")
+        for s in stack.services.values()
+        if s.compose_project and hasattr(s.settings, "compose_service")
+    ]
+    problems += _unique(compose, "the compose service", "name each service of a compose project once")
+    files = [
+        (model.path_of(f.role) if f.file is None else f"{model.dir}/{f.file}", f"models.{model.name}.files[{i}]")
+        for model in stack.models.values()
+        for i, f in enumerate(model.files)
+    ]
+    problems += _unique(files, "the file", "give each model file its own path")
+    folders = [(PurePosixPath(m.dir), f"models.{m.name}.dir") for m in stack.models.values()]
+    folders += [(PurePosixPath(v.path), f"venvs.{v.name}.path") for v in stack.venvs.values()]
+    problems += _unique(folders, "the folder", "give each model and venv a folder of its own")
+    tree = [(PurePosixPath(d.path), f"directories[{i}].path") for i, d in enumerate(stack.directories)]
+    problems += _unique(tree, "the directory", "list each directory once (its owner and mode in one entry)")
+    # Secrets are keys of one mapping; their files live in one folder, so names that differ only in
+    # case collide on a case-insensitive copy (a backup on another filesystem).
+    secrets = [(name.lower(), f"secrets.{name}") for name in stack.secrets]
+    problems += _unique(secrets, "the secret file", "rename one of the secrets")
+    return problems
+
+
+def check_kind_references(stack: Stack) -> list[Problem]:
+    """What the settings of a kind name exists: its venv, its requirements and app in this repository,
+    the model it serves; vLLM's venv; the stand-ins' sources; the relaxations' keys."""
+    problems = []
+    for s in stack.services.values():
+        where = f"services.{s.name}"
+        venv = getattr(s.settings, "venv", None)
+        if venv is not None and venv not in stack.venvs:
+            problems.append(
+                Problem(f"{where}.venv", f"refers to the unknown venv {venv!r}", f"use one of {', '.join(stack.venvs)}")
+            )
+        for label, path in (
+            ("requirements", getattr(s.settings, "requirements", None)),
+            ("app.src", getattr(getattr(s.settings, "app", None), "src", None)),
+        ):
+            if path is not None and not (REPOSITORY / path).is_file():
+                problems.append(Problem(f"{where}.{label}", f"{path} is not a file of this repository", "fix the path"))
+        if KINDS[s.kind].serves_model and not s.models:
+            problems.append(
+                Problem(f"{where}.models", f"a {s.kind} service serves a model and names none", "name its model")
+            )
+    if stack.vllm and stack.vllm.venv not in stack.venvs:
+        problems.append(
+            Problem("vllm.venv", f"refers to the unknown venv {stack.vllm.venv!r}", "name an entry of venvs")
+        )
+    for model, standin in stack.model_standins.items():
+        if (standin.artifact is None) == (standin.build is None):
+            problems.append(
+                Problem(f"model_standins.{model}", "needs either an artifact or a build", "name exactly one of them")
+            )
+        if standin.build is not None and standin.base not in stack.models:
+            problems.append(
+                Problem(
+                    f"model_standins.{model}.base",
+                    f"refers to the unknown model {standin.base!r}",
+                    "name the model the build starts from",
+                )
+            )
+    for key, relaxed in stack.systemd_relaxations.items():
+        if key not in KINDS and key not in RELAXATION_KEYS:
+            problems.append(
+                Problem(
+                    f"systemd_relaxations.{key}",
+                    "is neither a kind nor one of " + ", ".join(RELAXATION_KEYS),
+                    f"use one of {', '.join([*KINDS, *RELAXATION_KEYS])}",
+                )
+            )
+        for name, pair in relaxed.items():
+            if name not in stack.systemd_hardening:
+                problems.append(
+                    Problem(
+                        f"systemd_relaxations.{key}.{name}",
+                        "relaxes a setting the baseline does not have",
+                        "add it to systemd_hardening or remove the relaxation",
+                    )
+                )
+            if len(pair) != 2 or not pair[1].strip():
+                problems.append(
+                    Problem(
+                        f"systemd_relaxations.{key}.{name}",
+                        f"is {list(pair)!r}, not [value, why]",
+                        "give the relaxed value and why the unit needs it",
+                    )
+                )
+    return problems
+
+
 CHECKS = (
     check_kinds,
+    check_accounts,
+    check_unique,
+    check_kind_references,
     check_ports,
     check_binds,
     check_references,
@@ -799,7 +817,6 @@ CHECKS = (
     check_state,
     check_backup,
     check_identities,
-    check_network,
     check_support_load,
 )
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shlex
+from dataclasses import asdict
 
 from pyinfra import host, logger
 from pyinfra.api import deploy, operation
@@ -59,9 +60,9 @@ def state_entry(stack: Stack, item: StateItem) -> dict:
     if item.owner and stack.services[item.owner].kind == "docker":
         service = stack.services[item.owner]
         entry["compose_project"] = service.compose_project
-        entry["compose_service"] = service.settings["compose_service"]
+        entry["compose_service"] = service.settings.compose_service
     if item.kind == "postgresql":
-        entry["postgresql"] = dict(item.settings["postgresql"])
+        entry["postgresql"] = asdict(item.postgresql)
     return entry
 
 

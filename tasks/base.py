@@ -67,7 +67,8 @@ def mounts_needed_by(stack: Stack, service: Service) -> list[str]:
     fs = stack.models_filesystem
     if fs.device is None:
         return []
-    venv = stack.venvs.get(service.settings.get("venv") or (stack.vllm.get("venv") if service.kind == "vllm" else ""))
+    venv_name = getattr(service.settings, "venv", None) or (stack.vllm.venv if service.kind == "vllm" else "")
+    venv = stack.venvs.get(venv_name)
     paths = [stack.models[name].dir for name in service.models if name in stack.models]
     paths += [venv.path] if venv else []
     inside = [p for p in paths if p == fs.mountpoint or p.startswith(fs.mountpoint.rstrip("/") + "/")]

@@ -31,7 +31,7 @@ def services(stack: Stack) -> list[Service]:
 
 
 def compose_name(service: Service) -> str:
-    return service.settings["compose_service"]
+    return service.settings.compose_service
 
 
 def port_spec(service: Service, port) -> str:
@@ -76,7 +76,7 @@ def override_services(stack: Stack) -> list[dict]:
                 rows.setdefault(compose_name(s), _empty_row())["ports"].append(port_spec(s, p))
     for name, upstream_networks in stack.dify["host_service_clients"].items():
         row = rows.setdefault(name, _empty_row())
-        row["networks"] = [*upstream_networks, stack.network["docker_network"]]
+        row["networks"] = [*upstream_networks, stack.network.docker_network]
         row["extra_hosts"] = ["host.docker.internal:host-gateway"]
     values = dict(port_vars(stack))
     for var, readers in stack.dify.get("port_var_readers", {}).items():
@@ -93,13 +93,13 @@ def api_url(stack: Stack) -> str:
     The web entry on 3002 is the web container alone: with both empty, its page calls /console/api on
     its own origin, which only nginx routes. The page served by nginx calls its own origin either way."""
     scheme = "https" if stack.dify["https"].get("enabled") else "http"
-    return f"{scheme}://{stack.network['domain']}"
+    return f"{scheme}://{stack.network.domain}"
 
 
 def env_context(stack: Stack) -> dict:
     cfg = stack.dify
     https = cfg["https"]
-    domain = stack.network["domain"]
+    domain = stack.network.domain
     secrets = [(key, secret_placeholder(name)) for key, name in cfg["secrets"].items()]
     return {
         "source": SOURCE,
@@ -129,7 +129,7 @@ def override_context(stack: Stack) -> dict:
         "source": SOURCE,
         "tag": stack.dify["tag"],
         "services": override_services(stack),
-        "network": stack.network["docker_network"],
+        "network": stack.network.docker_network,
     }
 
 

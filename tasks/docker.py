@@ -88,7 +88,7 @@ def deploy_docker(stack: Stack):
         restarted=True,
         _if=daemon_json.did_change,
     )
-    name, bridge = stack.network["docker_network"], stack.network["docker_network_bridge"]
+    name, bridge = stack.network.docker_network, stack.network.docker_network_bridge
     network(name=f"Create the Docker network {name} (bridge {bridge})", network=name, bridge=bridge)
     return [daemon_json]
 

@@ -22,7 +22,7 @@ DOCKER_DROPIN = "docker.service.d/kca-firewall.conf"
 
 @deploy("Firewall")
 def deploy_firewall(stack: Stack) -> None:
-    if not stack.firewall.get("enabled", False):
+    if not stack.firewall.enabled:
         logger.warning(f"{host.name}: firewall.enabled is false: no firewall is installed.")
         return
 

@@ -14,7 +14,7 @@ from kca_stack import Service, Stack
 
 from . import llama_cpp, ops
 from .python_envs import ensure_packages
-from .units import UnitSpec, install_unit
+from .units import UnitSpec
 from .util import systemd_command_line
 
 SOURCE = "tasks/llm.py"
@@ -33,32 +33,32 @@ def llama_server_argv(stack: Stack, service: Service) -> list[str]:
         "--port",
         str(service.port),
         "--alias",
-        settings.get("alias", service.name),
+        settings.alias or service.name,
         "--ctx-size",
-        str(settings.get("ctx_size", 0)),
+        str(settings.ctx_size),
         "--n-gpu-layers",
-        str(settings.get("n_gpu_layers", "99")),
+        settings.n_gpu_layers,
         "--flash-attn",
-        str(settings.get("flash_attn", "auto")),
+        settings.flash_attn,
         "--jinja",
         "--metrics",
     ]
-    if "batch_size" in settings:
-        argv += ["--batch-size", str(settings["batch_size"])]
-    if "ubatch_size" in settings:
-        argv += ["--ubatch-size", str(settings["ubatch_size"])]
-    if settings.get("chat_template_kwargs"):
-        argv += ["--chat-template-kwargs", json.dumps(settings["chat_template_kwargs"], sort_keys=True)]
-    if settings.get("reasoning_format"):
-        argv += ["--reasoning-format", settings["reasoning_format"]]
-    if settings.get("chat_template_file"):
-        argv += ["--chat-template-file", settings["chat_template_file"]]
+    if settings.batch_size is not None:
+        argv += ["--batch-size", str(settings.batch_size)]
+    if settings.ubatch_size is not None:
+        argv += ["--ubatch-size", str(settings.ubatch_size)]
+    if settings.chat_template_kwargs:
+        argv += ["--chat-template-kwargs", json.dumps(settings.chat_template_kwargs, sort_keys=True)]
+    if settings.reasoning_format:
+        argv += ["--reasoning-format", settings.reasoning_format]
+    if settings.chat_template_file:
+        argv += ["--chat-template-file", settings.chat_template_file]
     mmproj = model.path_of("mmproj")
     # The stand-in GGUF has no vision projector; the production model has.
     if mmproj and not stack.use_model_standins:
         argv += ["--mmproj", mmproj]
-    argv += [str(a) for a in settings.get("extra_args", [])]
-    secret = service.settings.get("api_key_secret")
+    argv += list(settings.extra_args)
+    secret = service.api_key_secret
     if secret:
         argv += ["--api-key-file", f"%d/{secret}"]
     return argv
@@ -71,8 +71,8 @@ def llama_server_spec(stack: Stack, service: Service) -> UnitSpec:
 
 
 def vllm_spec(stack: Stack, service: Service) -> UnitSpec:
-    venv = stack.venvs[stack.vllm["venv"]].path
-    options = service.settings.get("vllm", {})
+    venv = stack.venvs[stack.vllm.venv].path
+    options = service.settings.vllm
     model = stack.models[service.models[0]]
     # Behind the authenticating proxy (tasks/proxy.py), which holds the service's port: vLLM itself
     # listens on loopback only.
@@ -86,20 +86,20 @@ def vllm_spec(stack: Stack, service: Service) -> UnitSpec:
         "--port",
         str(port),
         "--served-model-name",
-        options.get("served_model_name", service.name),
+        options.served_model_name or service.name,
         "--trust-remote-code",
         "--enable-auto-tool-choice",
         "--tool-call-parser",
-        options.get("tool_call_parser", "hcx"),
+        options.tool_call_parser,
         "--reasoning-parser",
-        options.get("reasoning_parser", "hcx"),
+        options.reasoning_parser,
         "--gpu-memory-utilization",
-        str(service.settings.get("gpu_memory_utilization", 0.9)),
+        str(service.settings.gpu_memory_utilization),
         "--max-model-len",
-        str(options.get("max_model_len", 32768)),
+        str(options.max_model_len),
     ]
     command = " ".join(shlex.quote(a) for a in argv)
-    secret = service.settings.get("api_key_secret")
+    secret = service.api_key_secret
     if secret:
         # vLLM takes its key from the environment, not a file: read the credential at start. It checks
         # only paths under /v1; the proxy checks every path, this one stays as a second lock.
@@ -123,26 +123,26 @@ def vllm_spec(stack: Stack, service: Service) -> UnitSpec:
 def deploy_vllm(stack: Stack):
     """vLLM at the pinned version in its own venv, and the HyperCLOVA X plugin installed into it.
     Returns the operations whose change restarts vllm-hyperclova."""
-    venv = stack.venvs[stack.vllm["venv"]]
+    venv = stack.venvs[stack.vllm.venv]
     install = ensure_packages(
-        stack, stack.vllm["venv"], list(stack.vllm["packages"]), "vLLM (several GB: torch and CUDA libraries)"
+        stack, stack.vllm.venv, list(stack.vllm.packages), "vLLM (several GB: torch and CUDA libraries)"
     )
     changes = [install] if install else []
 
-    plugin = stack.vllm["plugin"]
-    if plugin["source"] == "unavailable":
+    plugin = stack.vllm.plugin
+    if plugin.source == "unavailable":
         logger.warning(
             f"{host.name}: the HyperCLOVA X vLLM plugin has no source here (vllm.plugin.source = "
             "unavailable): vLLM is installed, the plugin is not, and vllm-hyperclova stays off."
         )
         return changes
-    if plugin["source"] == "git":
+    if plugin.source == "git":
         changes.append(
             git.repo(
                 name="Clone the HyperCLOVA X vLLM plugin",
-                src=plugin["git_url"],
-                dest=plugin["path"],
-                branch=plugin["git_ref"],
+                src=plugin.git_url,
+                dest=plugin.path,
+                branch=plugin.git_ref,
                 pull=False,
                 user=stack.user.name,
                 group=stack.user.name,
@@ -153,22 +153,11 @@ def deploy_vllm(stack: Stack):
         ops.shell_unless(
             name="Install the HyperCLOVA X plugin into the vLLM venv (editable)",
             done=f"{venv.path}/bin/python -m pip show hcx-vllm-plugin | grep -q Location",
-            commands=[f"{venv.path}/bin/pip install --no-deps -e {plugin['path']}"],
+            commands=[f"{venv.path}/bin/pip install --no-deps -e {plugin.path}"],
             triggers=list(changes),
         )
     )
     return changes
-
-
-@deploy("LLM services")
-def deploy_llm_units(stack: Stack):
-    """Install the unit of every llama.cpp and vLLM service; returns {service: [unit op]}."""
-    ops = {}
-    for service in stack.services_of_kind("llama.cpp"):
-        ops[service.name] = [install_unit(stack, service, llama_server_spec(stack, service), SOURCE)]
-    for service in stack.services_of_kind("vllm"):
-        ops[service.name] = [install_unit(stack, service, vllm_spec(stack, service), SOURCE)]
-    return ops
 
 
 def install_switch(stack: Stack):

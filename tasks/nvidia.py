@@ -78,12 +78,12 @@ def deploy_nvidia(stack: Stack) -> None:
 
     cuda_repository(
         name="Add NVIDIA's CUDA repository (cuda-keyring, checked by sha256)",
-        url=nvidia["cuda_keyring_url"].format(repo=repo),
-        sha256=nvidia.get("cuda_keyring_sha256"),
+        url=nvidia.cuda_keyring_url.format(repo=repo),
+        sha256=nvidia.cuda_keyring_sha256,
     )
 
     # Before any driver package is chosen: apt may pick NVIDIA's packages only from the pinned branch.
-    branch = nvidia["driver_branch"]
+    branch = nvidia.driver_branch
     ops.install_files(
         name=f"Pin the NVIDIA driver to branch {branch}",
         files=[
@@ -92,7 +92,7 @@ def deploy_nvidia(stack: Stack) -> None:
                 text=(
                     "# Managed by kca-ai-infra (tasks/nvidia.py): NVIDIA's driver stays on the branch in\n"
                     "# group_data (nvidia.driver_branch); other versions of these packages keep apt's default.\n"
-                    f"Package: {' '.join(nvidia['driver_pin_packages'])}\n"
+                    f"Package: {' '.join(nvidia.driver_pin_packages)}\n"
                     f"Pin: version {branch}.*\n"
                     "Pin-Priority: 1001\n"
                 ),
@@ -100,45 +100,43 @@ def deploy_nvidia(stack: Stack) -> None:
         ],
     )
 
-    say_driver_age(name="Check the installed NVIDIA driver's version", min_major=nvidia["driver_min_major"])
+    say_driver_age(name="Check the installed NVIDIA driver's version", min_major=nvidia.driver_min_major)
     # DKMS builds the open modules for every installed kernel, so kernel upgrades keep the driver.
     driver = ops.packages(
-        name=f"Install the NVIDIA driver ({', '.join(nvidia['driver_packages'])}, open kernel modules)",
-        packages=list(nvidia["driver_packages"]),
+        name=f"Install the NVIDIA driver ({', '.join(nvidia.driver_packages)}, open kernel modules)",
+        packages=list(nvidia.driver_packages),
         no_recommends=False,
     )
     ops.packages(
-        name=f"Install the CUDA toolkit ({', '.join(nvidia['cuda_packages'])})",
-        packages=list(nvidia["cuda_packages"]),
+        name=f"Install the CUDA toolkit ({', '.join(nvidia.cuda_packages)})",
+        packages=list(nvidia.cuda_packages),
         no_recommends=False,
     )
     files.line(
         name="Put nvcc on the PATH of login shells",
         path="/etc/profile.d/cuda.sh",
-        line=f"export PATH={nvidia['cuda_home']}/bin:$PATH",
+        line=f"export PATH={nvidia.cuda_home}/bin:$PATH",
     )
 
-    toolkit = nvidia["container_toolkit"]
-    keyring = toolkit["keyring"]
+    toolkit = nvidia.container_toolkit
+    keyring = toolkit.keyring
     ops.packages(name="Install gnupg (checks the toolkit key)", packages=["gnupg"])
-    fetch_signing_key(
-        "NVIDIA's container toolkit key", toolkit["key_url"], keyring, toolkit["key_fingerprint"], dearmor=True
-    )
+    fetch_signing_key("NVIDIA's container toolkit key", toolkit.key_url, keyring, toolkit.key_fingerprint, dearmor=True)
     sources = ops.install_files(
         name="Add NVIDIA's container toolkit repository",
         files=[
             ops.HostFile(
                 "/etc/apt/sources.list.d/nvidia-container-toolkit.list",
-                text=f"deb [signed-by={keyring}] {toolkit['repo_url']} /\n",
+                text=f"deb [signed-by={keyring}] {toolkit.repo_url} /\n",
             )
         ],
     )
     apt.update(name="Refresh the package index (NVIDIA's toolkit repository changed)", _if=sources.did_change)
     # The Docker layer declares the nvidia runtime in daemon.json itself (what `nvidia-ctk runtime
     # configure` would write), so that one file has one writer.
-    ops.packages(name="Install nvidia-container-toolkit", packages=list(toolkit["packages"]), no_recommends=False)
+    ops.packages(name="Install nvidia-container-toolkit", packages=list(toolkit.packages), no_recommends=False)
 
-    if nvidia["reboot_allowed"]:
+    if nvidia.reboot_allowed:
         server.reboot(name="Reboot into the new NVIDIA driver", _if=driver.did_change)
     else:
         python.call(

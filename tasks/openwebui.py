@@ -25,8 +25,7 @@ def host_url(service: Service, path: str = "") -> str:
 
 def llm_backends(stack: Stack) -> list[Service]:
     """Every LLM back end of the stack, in the data's order (GPT-OSS, EXAONE, HyperCLOVA X, Qwen3-VL)."""
-    kinds = stack.openwebui["llm_kinds"]
-    return [s for s in stack.services.values() if s.kind in kinds and s.ports]
+    return stack.llm_backends()
 
 
 def service(stack: Stack) -> Service:
@@ -70,9 +69,9 @@ def secret_environment(stack: Stack) -> list[tuple[str, str]]:
         ("DOCLING_API_KEY", cfg["docling_service"]),
     ]
     return [
-        (key, secret_placeholder(stack.services[name].settings.get("api_key_secret")))
+        (key, secret_placeholder(stack.services[name].api_key_secret))
         for key, name in pairs
-        if stack.services[name].settings.get("api_key_secret")
+        if stack.services[name].api_key_secret
     ]
 
 
@@ -90,7 +89,7 @@ def compose_context(stack: Stack) -> dict:
         "container_port": port.target,
         "env_file": cfg["env_file"],
         "environment": environment(stack),
-        "network": stack.network["docker_network"],
+        "network": stack.network.docker_network,
     }
 
 
@@ -100,7 +99,7 @@ def env_context(stack: Stack) -> dict:
         "source": SOURCE,
         "env_file": cfg["env_file"],
         # Paired by position with OPENAI_API_BASE_URLS; a back end without a key gets an empty one.
-        "api_keys": [secret_placeholder(s.settings.get("api_key_secret")) for s in llm_backends(stack)],
+        "api_keys": [secret_placeholder(s.api_key_secret) for s in llm_backends(stack)],
         "webui_secret_key": secret_placeholder(cfg["secret_key_secret"]),
         "secret_environment": secret_environment(stack),
     }

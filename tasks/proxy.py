@@ -35,17 +35,17 @@ def key_map_name(secret: str) -> str:
 
 
 def runtime_directory(stack: Stack) -> str:
-    return stack.auth_proxy["unit"].removesuffix(".service")
+    return stack.auth_proxy.unit.removesuffix(".service")
 
 
 def credential_path(stack: Stack, secret: str) -> str:
     """Where systemd hands the map to the proxy's unit. nginx cannot read $CREDENTIALS_DIRECTORY, so the
     path is written out: /run/credentials/UNIT/NAME (systemd.exec(5), Credentials)."""
-    return f"/run/credentials/{stack.auth_proxy['unit']}/{key_map_name(secret)}"
+    return f"/run/credentials/{stack.auth_proxy.unit}/{key_map_name(secret)}"
 
 
 def proxy_secrets(stack: Stack) -> list[str]:
-    return sorted({s.settings["api_key_secret"] for s in stack.proxied_services()})
+    return sorted({s.api_key_secret for s in stack.proxied_services()})
 
 
 def site(stack: Stack, service: Service) -> dict:
@@ -57,8 +57,8 @@ def site(stack: Stack, service: Service) -> dict:
         "port": service.port,
         "listen": f"{service.bind}:{service.port}",
         "backend": f"{backend_bind}:{backend_port}",
-        "key_variable": key_variable(service.settings["api_key_secret"]),
-        "public_paths": list(stack.auth_proxy.get("public_paths", [])),
+        "key_variable": key_variable(service.api_key_secret),
+        "public_paths": list(stack.auth_proxy.public_paths),
     }
 
 
@@ -67,12 +67,12 @@ def config_context(stack: Stack) -> dict:
     proxy = stack.auth_proxy
     return {
         "source": SOURCE,
-        "unit": proxy["unit"],
+        "unit": proxy.unit,
         "runtime_dir": f"/run/{runtime_directory(stack)}",
-        "worker_processes": proxy.get("worker_processes", 2),
-        "max_body": proxy.get("max_body", "32m"),
-        "read_timeout_s": proxy.get("read_timeout_s", 3600),
-        "retry_after_s": proxy.get("retry_after_s", 30),
+        "worker_processes": proxy.worker_processes,
+        "max_body": proxy.max_body,
+        "read_timeout_s": proxy.read_timeout_s,
+        "retry_after_s": proxy.retry_after_s,
         "key_maps": [
             {"secret": name, "variable": key_variable(name), "path": credential_path(stack, name)}
             for name in proxy_secrets(stack)
@@ -86,9 +86,9 @@ def unit_context(stack: Stack) -> dict:
     return {
         "source": SOURCE,
         "backends": [s.unit for s in stack.proxied_services()],
-        "config": proxy["config"],
-        "firewall_unit": FIREWALL_UNIT if stack.firewall.get("enabled", False) else None,
-        "service_user": stack.service_users[proxy["user"]].name,
+        "config": proxy.config,
+        "firewall_unit": FIREWALL_UNIT if stack.firewall.enabled else None,
+        "service_user": stack.service_users[proxy.user].name,
         "credentials": [
             f"{key_map_name(name)}:{secret_path(stack, key_map_name(name))}" for name in proxy_secrets(stack)
         ],
@@ -113,7 +113,7 @@ def deploy_auth_proxy(stack: Stack) -> None:
     if not stack.proxied_services():
         return
     proxy = stack.auth_proxy
-    package = proxy.get("package", "nginx")
+    package = proxy.package
 
     ops.shell_unless(
         name=f"Mask {DEBIAN_UNIT} (Debian's default site would take port 80)",
@@ -137,29 +137,29 @@ def deploy_auth_proxy(stack: Stack) -> None:
     )
 
     config = ops.install_files(
-        name=f"Install {proxy['config']}",
-        files=[ops.template(CONFIG_TEMPLATE, proxy["config"], **config_context(stack))],
+        name=f"Install {proxy.config}",
+        files=[ops.template(CONFIG_TEMPLATE, proxy.config, **config_context(stack))],
     )
     unit = ops.install_files(
-        name=f"Install {proxy['unit']}",
-        files=[ops.template(UNIT_TEMPLATE, f"{stack.paths['units']}/{proxy['unit']}", **unit_context(stack))],
+        name=f"Install {proxy.unit}",
+        files=[ops.template(UNIT_TEMPLATE, f"{stack.paths['units']}/{proxy.unit}", **unit_context(stack))],
     )
     systemd.daemon_reload(name="Reload systemd units", _if=unit.did_change)
     # Not tied to the GPU: it answers (401, then 503) whichever model runs.
-    ops.units_running(name=f"Enable {proxy['unit']}", units=[(proxy["unit"], True, True)])
+    ops.units_running(name=f"Enable {proxy.unit}", units=[(proxy.unit, True, True)])
     server.shell(
-        name=f"Restart {proxy['unit']} (its unit changed)",
-        commands=[f"systemctl restart {proxy['unit']}"],
+        name=f"Restart {proxy.unit} (its unit changed)",
+        commands=[f"systemctl restart {proxy.unit}"],
         _if=unit.did_change,
     )
     # A new credential reaches the unit only on restart; a new configuration on reload (checked first).
     server.shell(
-        name=f"Restart {proxy['unit']} (a key map changed)",
-        commands=[f"systemctl restart {proxy['unit']}"],
+        name=f"Restart {proxy.unit} (a key map changed)",
+        commands=[f"systemctl restart {proxy.unit}"],
         _if=lambda: key_maps.did_change() and not unit.did_change(),
     )
     server.shell(
-        name=f"Reload {proxy['unit']} (its configuration changed)",
-        commands=[f"systemctl reload {proxy['unit']}"],
+        name=f"Reload {proxy.unit} (its configuration changed)",
+        commands=[f"systemctl reload {proxy.unit}"],
         _if=lambda: config.did_change() and not unit.did_change() and not key_maps.did_change(),
     )

@@ -32,10 +32,7 @@ def deploy_secrets(stack: Stack) -> None:
     if not files:
         return
     paths = " ".join(shlex.quote(f) for f in files)
-    generate = [
-        generate_command(path, int(spec.get("bytes", 32)))
-        for path, spec in zip(files, stack.secrets.values(), strict=True)
-    ]
+    generate = [generate_command(path, spec.bytes) for path, spec in zip(files, stack.secrets.values(), strict=True)]
     ops.shell_unless(
         name="Generate the missing secrets (never one that exists), readable by root only",
         done=ops.stat_test(files, "600 root root"),

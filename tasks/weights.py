@@ -56,8 +56,8 @@ def place_standin(stack: Stack, model: Model) -> list:
         logger.info(f"{host.name}: {model.name} has no stand-in here; it is not placed")
         return []
     owner = {"user": stack.user.name, "group": stack.user.name}
-    if "artifact" in standin:
-        local = local_artifact(stack.artifacts[standin["artifact"]])
+    if standin.artifact is not None:
+        local = local_artifact(stack.artifacts[standin.artifact])
         if local.is_dir():
             placed = [
                 ops.HostFile(f"{model.dir}/{path.relative_to(local)}", src=path, mode="0644", **owner)
@@ -72,16 +72,16 @@ def place_standin(stack: Stack, model: Model) -> list:
             )
         ]
     # A stand-in the host builds itself (deterministically) from another model's files.
-    script = Path(standin["build"])
+    script = Path(standin.build)
     digest = hashlib.sha256(script.read_bytes()).hexdigest()[:16]
     remote = f"{STANDIN_BUILDER_DIR}/{script.name}"
-    base = stack.models[standin["base"]].dir
+    base = stack.models[standin.base].dir
     python = f"{stack.venvs['main'].path}/bin/python"
     marker = f"{model.dir}/.standin-{digest}"
     # As the folder's owner, like the fetcher: its files are kca's from the start.
     return [
         ops.shell_unless(
-            name=f"Build the stand-in {model.name} from {standin['base']} (deterministic)",
+            name=f"Build the stand-in {model.name} from {standin.base} (deterministic)",
             done=f"[ -e {marker} ]",
             commands=[
                 f"mkdir -p {model.dir}",
@@ -97,7 +97,8 @@ def place_standin(stack: Stack, model: Model) -> list:
 
 def standin_builders(stack: Stack, models: list[Model]) -> list[ops.HostFile]:
     """The scripts that build a stand-in on the host (tools/), uploaded before any build."""
-    scripts = {stack.model_standins[m.name]["build"] for m in models if "build" in stack.model_standins.get(m.name, {})}
+    standins = [stack.model_standins.get(m.name) for m in models]
+    scripts = {standin.build for standin in standins if standin is not None and standin.build}
     return [ops.HostFile(f"{STANDIN_BUILDER_DIR}/{Path(s).name}", src=s, mode="0644") for s in sorted(scripts)]
 
 

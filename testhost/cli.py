@@ -110,20 +110,20 @@ class Testhost:
         if check_net:
             guest.selftest(self.instance)
 
-    def reboot(self, models_disk: str | None) -> None:
+    def reboot(self, models_disk: str | None, detach: tuple[str, ...] = (), cold: bool = False) -> None:
         backend = self.backend()
         if not backend.running():
             raise TesthostError("the guest is not running; run 'testhost up'")
-        if models_disk is not None and backend.name != "vm":
-            raise TesthostError("--models-disk needs the vm backend: a container has no block devices")
+        if (models_disk is not None or detach or cold) and backend.name != "vm":
+            raise TesthostError("--models-disk, --detach and --cold need the vm backend: a container has no disks")
         before = guest.boot_id(self.instance)
         started = time.monotonic()
         log(f"rebooting the {backend.name} guest")
         try:
-            if models_disk is None:
-                backend.reboot()
+            if backend.name == "vm":
+                backend.reboot(models_disk, detach, cold)
             else:
-                backend.reboot(models_disk)
+                backend.reboot()
             guest.wait_for_new_boot(self.instance, before, backend.still_booting, backend.ssh_wait_s)
             reachable = _since(started)
             state = guest.wait_until_running(self.instance)
@@ -229,6 +229,11 @@ def parser() -> argparse.ArgumentParser:
     reboot.add_argument(
         "--models-disk", metavar="none|PATH", help="vm only: power off and boot again with this /models disk instead"
     )
+    reboot.add_argument(
+        "--detach", metavar="SERIAL", action="append", default=[],
+        help="vm only: power off and boot once without the extra disk of this serial (repeatable), as a dead disk",
+    )  # fmt: skip
+    reboot.add_argument("--cold", action="store_true", help="vm only: power off and on, every recorded disk attached")
     sub.add_parser("down", help="stop the guest and remove its disks")
     sub.add_parser("status", help="print running/stopped (exit 0/3)")
     ssh = sub.add_parser("ssh", help="run a shell or CMD in the guest")
@@ -256,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "up":
             host.up(args.check_net, args.models_disk, parse_disks(args.disk))
         elif args.command == "reboot":
-            host.reboot(args.models_disk)
+            host.reboot(args.models_disk, tuple(args.detach), args.cold)
         elif args.command == "down":
             host.down()
         return 0

@@ -34,7 +34,7 @@ def nspawn_args(
         # cgroup v2 device rules, and all capabilities.
         "--system-call-filter=@keyring", "--system-call-filter=bpf", "--capability=all",
         f"--bind={guest_cache}/pip:/root/.cache/pip",
-        f"--bind={guest_cache}/apt-archives:/var/cache/apt/archives",
+        f"--bind={image.apt_archives(guest_cache, instance)}:/var/cache/apt/archives",
         f"--bind={guest_cache}/ccache:/var/cache/ccache",
         f"--bind={guest_cache}/images:{contract.GUEST_IMAGE_CACHE}",
         f"--bind={instance.state_dir}/backup-repository:{contract.GUEST_BACKUP_REPOSITORY}",

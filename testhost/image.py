@@ -255,3 +255,23 @@ def prepare_rootfs(root: Path, tarball: Path, instance: Instance, network_match:
     for note in notes:
         log(note)
     return shares
+
+
+def apt_archives(guest_cache: Path, instance: Instance) -> Path:
+    """The guest's apt download cache on this machine. apt locks its archives folder (a lock file in it)
+    for a whole install, so instances that run side by side each get their own, seeded with hard links
+    to the shared one's packages: no download twice, no install failing on another instance's lock."""
+    shared = guest_cache / "apt-archives"
+    shared.mkdir(parents=True, exist_ok=True)
+    if instance.number == 0:
+        return shared
+    own = guest_cache / f"apt-archives-{instance.number}"
+    own.mkdir(exist_ok=True)
+    for package in shared.glob("*.deb"):
+        target = own / package.name
+        if not target.exists():
+            try:
+                os.link(package, target)
+            except OSError:
+                shutil.copy2(package, target)
+    return own

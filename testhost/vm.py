@@ -262,9 +262,10 @@ class VirtualMachine:
             (self.guest_cache / cache).mkdir(parents=True, exist_ok=True)
         # 9p shares: the guest caches (read-write), and the folders the guest's pip.conf names (read-only),
         # at the same paths as in the container.
+        archives = image.apt_archives(self.guest_cache, self.instance)
         shares = {
             "pip-cache": (str(self.guest_cache / "pip"), "/root/.cache/pip", False),
-            "apt-archives": (str(self.guest_cache / "apt-archives"), "/var/cache/apt/archives", False),
+            "apt-archives": (str(archives), "/var/cache/apt/archives", False),
             "ccache": (str(self.guest_cache / "ccache"), "/var/cache/ccache", False),
         }
         for number, folder in enumerate(pip_shares):
@@ -315,8 +316,12 @@ class VirtualMachine:
             raise TesthostError(f"--models-disk {models_disk}: no such image file")
         return path
 
-    def boot(self, models_disk: str | None = None) -> None:
-        """Start QEMU on the prepared disks. `models_disk` (none or PATH) replaces the recorded one."""
+    def boot(self, models_disk: str | None = None, detach: tuple[str, ...] = ()) -> None:
+        """Start QEMU on the prepared disks. `models_disk` (none or PATH) replaces the recorded one;
+        the extra disks whose serials are in `detach` stay out of this boot (the record keeps them)."""
+        unknown = set(detach) - set(json.loads(self.args_file.read_text())["extra_disks"])
+        if unknown:
+            raise TesthostError(f"no extra disk with serial {', '.join(sorted(unknown))} is attached to this VM")
         saved = json.loads(self.args_file.read_text())
         self._accel, self._accel_why = saved["accel"], saved["accel_why"]
         if models_disk is not None:
@@ -329,7 +334,8 @@ class VirtualMachine:
         guest.configure_host_link(self.instance, self.link)
         (self.state / "qmp.sock").unlink(missing_ok=True)
         self.console_log.write_text("")
-        args = qemu_args(self.instance, self._accel, self.state, self.link, models, shares, saved["extra_disks"])
+        attached = {serial: path for serial, path in saved["extra_disks"].items() if serial not in detach}
+        args = qemu_args(self.instance, self._accel, self.state, self.link, models, shares, attached)
         with open(os.devnull) as stdin, (self.state / "qemu.log").open("ab") as out:
             # A new session: the VM outlives this command and its terminal.
             process = subprocess.Popen(args, stdin=stdin, stdout=out, stderr=out, start_new_session=True)
@@ -339,18 +345,20 @@ class VirtualMachine:
 
     # ---- reboot ------------------------------------------------------------------------------------
 
-    def reboot(self, models_disk: str | None = None) -> None:
+    def reboot(self, models_disk: str | None = None, detach: tuple[str, ...] = (), cold: bool = False) -> None:
         """`systemctl reboot` in the guest: QEMU resets the machine in place, disks as they are. With
-        `models_disk` (none or PATH) the machine is powered off and started again with that disk instead,
-        as when a disk is pulled from a real server."""
-        if models_disk is None:
+        `models_disk` (none or PATH) the machine is powered off and started again with that disk instead;
+        with `detach` (serials of extra disks) it is started without those disks for this boot only, as
+        when a disk dies or is pulled from a real server; `cold` powers off and on with the recorded
+        disks (which puts detached disks back)."""
+        if models_disk is None and not detach and not cold:
             guest.ask(self.instance, "systemctl reboot")
             return
         pid = self.pid()
         guest.ask(self.instance, "systemctl poweroff")
         if not wait_until(lambda: not pid_alive(pid), STOP_WAIT_S, 0.2):
             raise TesthostError(f"the VM did not power off within {STOP_WAIT_S} s")
-        self.boot(models_disk)
+        self.boot(models_disk, detach)
 
     # ---- down --------------------------------------------------------------------------------------
 

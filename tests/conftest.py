@@ -8,6 +8,7 @@ then `production`; `--kca-group` overrides).
 from __future__ import annotations
 
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -81,7 +82,7 @@ def stack_service(stack):
 
     def get(name: str) -> dict:
         service = stack.services[name]
-        return {**service.settings, "port": service.port, "bind": service.bind, "unit": service.unit}
+        return {**asdict(service.settings), "port": service.port, "bind": service.bind, "unit": service.unit}
 
     return get
 

@@ -33,22 +33,27 @@ sys.path.insert(0, str(ROOT))
 
 from kca_stack import build_stack  # noqa: E402
 from kca_stack.data import group_data  # noqa: E402
+from tasks.base import mounts_needed_by  # noqa: E402
 from testhost import contract  # noqa: E402
 from tools.reach import Tunnels, ssh_args  # noqa: E402
 
 
-def host_state(ssh_target: list[str], units: list[str]) -> tuple[dict[str, str], set[int]]:
-    """Each unit's active state and the TCP ports something listens on, in one ssh round trip."""
-    script = "; ".join(f"echo unit {u} $(systemctl is-active {u})" for u in units) + "; ss -Htln"
+def host_state(ssh_target: list[str], units: list[str], mountpoint: str) -> tuple[dict[str, str], set[int], bool]:
+    """Each unit's active state, the TCP ports something listens on, and whether `mountpoint` is
+    mounted, in one ssh round trip."""
+    script = "; ".join(f"echo unit {u} $(systemctl is-active {u})" for u in units)
+    script += f"; findmnt -n {shlex.quote(mountpoint)} >/dev/null && echo mounted; ss -Htln"
     out = subprocess.run(["ssh", *ssh_target, script], capture_output=True, text=True, check=True).stdout
-    states, listening = {}, set()
+    states, listening, mounted = {}, set(), False
     for line in out.splitlines():
         fields = line.split()
         if fields[:1] == ["unit"]:
             states[fields[1]] = fields[2] if len(fields) > 2 else "unknown"
+        elif fields == ["mounted"]:
+            mounted = True
         elif len(fields) >= 4:
             listening.add(int(fields[3].rsplit(":", 1)[1]))
-    return states, listening
+    return states, listening, mounted
 
 
 def env_value(ssh_target: list[str], path: str, key: str) -> str:
@@ -126,7 +131,14 @@ def main() -> int:
     target = ssh_args(args.target, contract.instance())
     address = args.target.split("@")[-1]
     services = [s for s in stack.services.values() if s.port]
-    states, listening = host_state(target, [s.unit for s in services if s.unit])
+    fs = stack.models_filesystem
+    states, listening, mounted = host_state(target, [s.unit for s in services if s.unit], fs.mountpoint)
+    # A models disk that is dead or missing: the units that read from it fail on RequiresMountsFor=, and
+    # the table says so rather than leaving the operator to read the journal.
+    models_missing = fs.device is not None and not mounted
+    if models_missing:
+        print(f"{fs.mountpoint} is not mounted (models_filesystem.device {fs.device}): the services that read")
+        print("from it cannot start; check the disk (lsblk, journalctl -b -u the mount unit), then reboot")
     tunnels = Tunnels(target)
 
     def reach(service, path="/health", key=None):
@@ -139,13 +151,15 @@ def main() -> int:
     try:
         for s in services:
             gpu_missing = not stack.runnable_here(s)
-            health_path = s.settings.get("health_path")
+            health_path = getattr(s.settings, "health_path", None)
             if not s.is_systemd:
                 runs = compose_project_runs(stack, s.compose_project)
                 state = f"compose {s.compose_project}" if runs else "not started here"
                 should_answer = runs and bool(health_path)
             else:
                 state = "skipped (no GPU)" if gpu_missing else states.get(s.unit, "unknown")
+                if state != "active" and models_missing and mounts_needed_by(stack, s):
+                    state = f"{state} (no {fs.mountpoint})"
                 should_answer = stack.starts_at_boot(s) and not gpu_missing
             if not s.is_systemd and not (should_answer and s.port in listening):
                 # No HTTP health of their own: whether the host listens on the port says enough.
@@ -181,7 +195,7 @@ def openwebui_keys(stack, target, states, reach) -> int:
     if not compose_project_runs(stack, webui.compose_project):
         return 0
     keys = env_value(target, stack.openwebui["env_file"], "OPENAI_API_KEYS").split(";")
-    backends = [s for s in stack.services.values() if s.kind in stack.openwebui["llm_kinds"] and s.ports]
+    backends = stack.llm_backends()
     problems = 0
     for backend, key in zip(backends, keys, strict=False):
         if states.get(backend.unit) != "active":

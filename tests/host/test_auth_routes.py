@@ -113,7 +113,7 @@ def concrete(path: str) -> str:
 
 
 def vllm_routes(host, stack) -> tuple[str, dict[str, set[str]]]:
-    python = f"{stack.venvs[stack.vllm['venv']].path}/bin/python"
+    python = f"{stack.venvs[stack.vllm.venv].path}/bin/python"
     routes: dict[str, set[str]] = {}
     app = host.run(f"timeout 600 {python} - <<'EOF'\n{VLLM_APP_ROUTES}EOF")
     if app.rc == 0:
@@ -187,8 +187,8 @@ def test_every_vllm_route_needs_the_key_through_the_proxy(host, stack, secret, t
     service = next(iter(stack.proxied_services()))
     how, routes = vllm_routes(host, stack)
     assert set(routes) >= VLLM_SENTINELS, f"the route list misses {VLLM_SENTINELS - set(routes)}"
-    public = set(stack.auth_proxy["public_paths"])
-    key = secret(service.settings["api_key_secret"])
+    public = set(stack.auth_proxy.public_paths)
+    key = secret(service.api_key_secret)
     base = f"http://{target_address}:{service.port}"
     rows, wrong = [], []
     for path in sorted(routes):
@@ -219,7 +219,7 @@ def test_every_llama_route_needs_the_key(host, stack, secret, target_address, re
     assert running, "no llama.cpp service runs: the boot scenario should start one"
     wrong, lines = [], []
     for service in running:
-        key = secret(service.settings["api_key_secret"])
+        key = secret(service.api_key_secret)
         base = f"http://{target_address}:{service.port}"
         for path in sorted(routes):
             for method in sorted(routes[path]):
@@ -247,7 +247,7 @@ def test_proxy_answers_while_vllm_is_off(host, stack, target_address):
     if host.service(service.unit).is_running:
         pytest.skip(f"{service.unit} runs here")
     host.run(f"systemctl stop {STANDIN_UNIT} 2>/dev/null || true")
-    assert host.service(stack.auth_proxy["unit"]).is_running
+    assert host.service(stack.auth_proxy.unit).is_running
     url = f"http://{target_address}:{service.port}/v1/chat/completions"
     assert call(url, "POST").status_code == 401
     from_health = requests.get(f"http://{target_address}:{service.port}/health", timeout=10)

@@ -43,7 +43,7 @@ def test_daemon_json(host, stack):
 
 
 def test_ai_network_exists(host, stack):
-    assert host.run(f"docker network inspect {stack.network['docker_network']}").rc == 0
+    assert host.run(f"docker network inspect {stack.network.docker_network}").rc == 0
 
 
 def test_openwebui_compose_parses_on_the_host(host, stack):

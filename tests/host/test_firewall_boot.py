@@ -23,7 +23,7 @@ def guarded_units(stack) -> list[str]:
         s.unit for s in stack.systemd_services() if not ipaddress.ip_address(stack.listen_address(s)[0]).is_loopback
     ]
     if stack.proxied_services():
-        found.append(stack.auth_proxy["unit"])
+        found.append(stack.auth_proxy.unit)
     return [*found, "docker.service"]
 
 

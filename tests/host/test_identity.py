@@ -15,12 +15,12 @@ def units(stack) -> list[tuple[str, str, str, list[str]]]:
     """(service key, unit, user, credential names) for every unit with an identity."""
     rows = []
     for service in stack.systemd_services():
-        secret = service.settings.get("api_key_secret")
+        secret = service.api_key_secret
         rows.append((service.name, service.unit, stack.service_users[service.name].name, [secret] if secret else []))
     if stack.proxied_services():
         names = [proxy.key_map_name(s) for s in proxy.proxy_secrets(stack)]
-        key = stack.auth_proxy["user"]
-        rows.append((key, stack.auth_proxy["unit"], stack.service_users[key].name, names))
+        key = stack.auth_proxy.user
+        rows.append((key, stack.auth_proxy.unit, stack.service_users[key].name, names))
     return rows
 
 

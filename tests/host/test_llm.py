@@ -63,21 +63,21 @@ def test_vllm_unit_skipped_without_gpu(host, stack):
 
 
 def test_vllm_venv_imports_the_pinned_vllm(host, stack):
-    venv = stack.venvs[stack.vllm["venv"]].path
-    wanted = next(p for p in stack.vllm["packages"] if p.startswith("vllm=="))
+    venv = stack.venvs[stack.vllm.venv].path
+    wanted = next(p for p in stack.vllm.packages if p.startswith("vllm=="))
     result = host.run(f"{venv}/bin/python -c 'import vllm; print(vllm.__version__)'")
     assert result.rc == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == wanted.split("==")[1]
 
 
 def test_hcx_plugin_entry_points(host, stack):
-    plugin = stack.vllm["plugin"]
-    if plugin["source"] == "unavailable":
+    plugin = stack.vllm.plugin
+    if plugin.source == "unavailable":
         pytest.skip("vllm.plugin.source is 'unavailable' on this host (its repository cannot be reached)")
-    venv = stack.venvs[stack.vllm["venv"]].path
+    venv = stack.venvs[stack.vllm.venv].path
     script = (
         "from importlib.metadata import entry_points; "
-        f"print([e.name for e in entry_points(group='{plugin['entry_point_group']}')])"
+        f"print([e.name for e in entry_points(group='{plugin.entry_point_group}')])"
     )
     result = host.run(f'{venv}/bin/python -c "{script}"')
     assert result.rc == 0 and "hcx" in result.stdout.lower(), result.stdout + result.stderr
@@ -88,7 +88,7 @@ def switch(host, *targets):
 
 
 def api_headers(secret, service) -> dict:
-    name = service.settings.get("api_key_secret")
+    name = service.api_key_secret
     return {"Authorization": f"Bearer {secret(name)}"} if name else {}
 
 
@@ -108,12 +108,12 @@ def test_llama_service_answers_a_chat_completion(host, stack, secret, service_ur
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["choices"][0]["message"]["content"] or body["choices"][0]["message"].get("reasoning_content")
-    assert body["model"] == stack.llama_server_settings(service).get("alias", name)
+    assert body["model"] == stack.llama_server_settings(service).alias or name
 
 
 def test_llama_service_rejects_a_request_without_the_key(stack, service_url):
     service = stack.services["qwen3-vl"]
-    if not service.settings.get("api_key_secret"):
+    if not service.api_key_secret:
         pytest.skip("no API key configured")
     response = requests.post(
         f"{service_url('qwen3-vl')}/v1/chat/completions",

@@ -84,7 +84,7 @@ def test_port_reachable_iff_external_and_listening(port_table, map_port):
 
 
 def test_ssh_answers_through_the_firewall(stack, target_address):
-    with socket.create_connection((target_address, stack.network["ssh_port"]), timeout=5) as conn:
+    with socket.create_connection((target_address, stack.network.ssh_port), timeout=5) as conn:
         assert conn.recv(64).startswith(b"SSH-")
 
 

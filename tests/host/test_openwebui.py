@@ -128,13 +128,13 @@ def admin(webui) -> dict:
 
 
 def llm_services(stack):
-    return [s for s in stack.services.values() if s.kind in stack.openwebui["llm_kinds"] and s.ports]
+    return stack.llm_backends()
 
 
 def model_id(stack, service) -> str:
     if service.kind == "vllm":
-        return service.settings["vllm"]["served_model_name"]
-    return stack.llama_server_settings(service).get("alias", service.name)
+        return service.settings.vllm.served_model_name
+    return stack.llama_server_settings(service).alias or service.name
 
 
 def running_models(host, stack) -> set[str]:
@@ -353,7 +353,7 @@ def test_a_backend_with_a_wrong_key_drops_out_of_the_list(host, stack, webui, ad
 
 def test_document_conversion_through_docling(stack, webui, admin):
     with Journey("document conversion (Docling)"):
-        if stack.services[stack.openwebui["docling_service"]].settings.get("layout_models") == "unavailable":
+        if stack.services[stack.openwebui["docling_service"]].settings.layout_models == "unavailable":
             pytest.skip("Docling's layout models are not on this host (layout_models = unavailable)")
         from docx import Document  # python-docx, a control-machine dependency
 

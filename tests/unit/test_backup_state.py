@@ -63,8 +63,8 @@ BAD_STATE = [
     (
         "postgresql without its container settings",
         lambda d: d["services"]["dify-db"]["state"]["postgresql"].pop("image"),
-        "services.dify-db.state.postgresql",
-        "is missing image",
+        "services.dify-db.state.postgresql.image",
+        "is missing",
     ),
     (
         "unknown kind",

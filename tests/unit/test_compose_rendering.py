@@ -180,7 +180,7 @@ def test_openwebui_lists_every_llm_backend_in_order(stack):
     assert [int(u.split(":")[2].split("/")[0]) for u in urls] == [8080, 8081, 8082, 8084]
     keys = render(openwebui.ENV_TEMPLATE, openwebui.env_context(stack))
     line = next(x for x in keys.splitlines() if x.startswith("OPENAI_API_KEYS="))
-    assert line.split("=", 1)[1].split(";") == [f"@@secret:{s.settings['api_key_secret']}@@" for s in backends]
+    assert line.split("=", 1)[1].split(";") == [f"@@secret:{s.api_key_secret}@@" for s in backends]
 
 
 def test_openwebui_rag_and_docling_point_at_the_host_services(stack):
@@ -211,7 +211,7 @@ def test_openwebui_compose_is_valid_and_publishes_the_port_map(stack, secrets_di
     assert svc["ports"] == ["127.0.0.1:3000:8080"]
     assert "host.docker.internal:host-gateway" in svc["extra_hosts"]
     assert "/health" in " ".join(svc["healthcheck"]["test"])
-    assert raw["networks"][stack.network["docker_network"]]["external"] is True
+    assert raw["networks"][stack.network.docker_network]["external"] is True
     # No secret in the compose file itself.
     assert "fake" not in (tmp_path / "docker-compose.yml").read_text()
 
@@ -247,7 +247,7 @@ def test_dify_env_replaces_every_upstream_default_secret(stack):
 
 def test_dify_env_domain_https_and_ports_from_data(stack):
     env = env_lines(dify_env(stack))
-    assert env["NGINX_SERVER_NAME"] == stack.network["domain"]
+    assert env["NGINX_SERVER_NAME"] == stack.network.domain
     assert env["NGINX_HTTPS_ENABLED"] == ("true" if stack.dify["https"]["enabled"] else "false")
     assert env["EXPOSE_NGINX_PORT"] == "80" and env["EXPOSE_NGINX_SSL_PORT"] == "443"
     # The plugin daemon stays on loopback.
@@ -282,7 +282,7 @@ def test_dify_project_publishes_exactly_the_stack_ports(stack, secrets_dir, tmp_
     }
     assert "weaviate" not in {row[0] for row in published}
     for name, ip, port, _, _ in published:
-        service = next(s for s in dify.services(stack) if s.settings["compose_service"] == name)
+        service = next(s for s in dify.services(stack) if s.settings.compose_service == name)
         assert (ip, int(port)) in {(service.bind, p.number) for p in service.ports}
     # The deploy's on-host check compares kca-compose-ports' output with this text.
     assert "\n".join(" ".join((n, i, p, f"{t}/{pr}")) for n, i, p, t, pr in published) == published_lines(
@@ -355,7 +355,7 @@ def test_dify_model_provider_clients_reach_the_host_services(stack, secrets_dir,
     """api, worker and the plugin daemon call the host's LLM, embedding and reranker services: they
     join ai-network (the bridge the firewall opens the internal ports to) and keep their own."""
     services = dify_project(stack, secrets_dir, tmp_path)["services"]
-    network = stack.network["docker_network"]
+    network = stack.network.docker_network
     for name, upstream in stack.dify["host_service_clients"].items():
         assert set(services[name]["networks"]) == {*upstream, network}, name
         assert "host.docker.internal=host-gateway" in services[name]["extra_hosts"] or (
@@ -365,7 +365,7 @@ def test_dify_model_provider_clients_reach_the_host_services(stack, secrets_dir,
 
 def test_dify_web_entry_calls_the_api_through_nginx(stack, secrets_dir, tmp_path):
     web = dify_project(stack, secrets_dir, tmp_path)["services"]["web"]["environment"]
-    assert web["CONSOLE_API_URL"] == web["APP_API_URL"] == f"http://{stack.network['domain']}"
+    assert web["CONSOLE_API_URL"] == web["APP_API_URL"] == f"http://{stack.network.domain}"
 
 
 # --- kca-render-secrets ----------------------------------------------------------------------------

@@ -70,7 +70,7 @@ def test_ruleset_sets_are_exactly_the_port_map(stack):
     assert set_elements(ruleset, "external_tcp") == set(external_ports(stack))
     assert set_elements(ruleset, "internal_tcp") == set(internal_ports(stack))
     # SSH is never in the port map's sets: it has a rule of its own.
-    assert stack.network["ssh_port"] not in set_elements(ruleset, "internal_tcp")
+    assert stack.network.ssh_port not in set_elements(ruleset, "internal_tcp")
 
 
 def test_ruleset_replaces_only_its_own_table(stack):
@@ -87,7 +87,7 @@ def test_established_and_ssh_come_first(stack):
     rules = chain(render(stack), "input")
     assert rules[0].startswith("type filter hook input") and "policy drop" in rules[0]
     assert rules[1] == "ct state established,related accept"
-    ssh = next(i for i, r in enumerate(rules) if r.startswith(f"tcp dport {stack.network['ssh_port']} accept"))
+    ssh = next(i for i, r in enumerate(rules) if r.startswith(f"tcp dport {stack.network.ssh_port} accept"))
     external = next(i for i, r in enumerate(rules) if "@external_tcp" in r)
     assert ssh < external
 
@@ -96,7 +96,7 @@ def test_internal_ports_only_from_the_named_bridge_of_the_docker_network(stack):
     rules = chain(render(stack), "input")
     internal = [r for r in rules if "@internal_tcp" in r]
     bridge = internal_bridge(stack)
-    assert bridge == stack.network["docker_network_bridge"] and "*" not in bridge
+    assert bridge == stack.network.docker_network_bridge and "*" not in bridge
     # Exactly one rule per address family, each naming the bridge AND a Docker subnet.
     assert internal == [
         f'iifname "{bridge}" ip saddr @docker_v4 tcp dport @internal_tcp accept',

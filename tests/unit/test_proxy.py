@@ -143,7 +143,7 @@ def running_proxy(stack):
 
     context = proxy.config_context(stack)
     (service,) = stack.proxied_services()
-    secret = service.settings["api_key_secret"]
+    secret = service.api_key_secret
     key_map = work / proxy.key_map_name(secret)
     # Built by the deploy's own script, from a key file.
     (work / secret).write_text(KEY)
@@ -224,7 +224,7 @@ def test_backend_down_answers_503_after_the_key_check(stack, running_proxy):
     status, _, _ = request(port, "POST", "/invocations")
     assert status == 401, "an unauthenticated request must learn nothing, not even that the backend is off"
     status, headers, body = request(port, "POST", "/v1/chat/completions", key=KEY)
-    assert status == 503 and headers.get("Retry-After") == str(stack.auth_proxy["retry_after_s"])
+    assert status == 503 and headers.get("Retry-After") == str(stack.auth_proxy.retry_after_s)
     assert "kca-gpu-switch hyperclova" in json.loads(body)["error"]["message"]
     status, _, _ = request(port, "GET", "/health")
     assert status == 503
@@ -241,7 +241,7 @@ def directives(text: str) -> dict[str, list[str]]:
 
 def test_proxy_unit_runs_as_its_own_user_with_only_the_key_map(stack):
     found = directives(render(proxy.UNIT_TEMPLATE, proxy.unit_context(stack)))
-    user = stack.service_users[stack.auth_proxy["user"]].name
+    user = stack.service_users[stack.auth_proxy.user].name
     assert found["User"] == found["Group"] == [user]
     assert user not in {stack.service_users[s.name].name for s in stack.systemd_services()}
     assert found["LoadCredential"] == ["llm-api-key.nginx-map:/etc/kca/secrets/llm-api-key.nginx-map"]
@@ -251,6 +251,5 @@ def test_proxy_unit_runs_as_its_own_user_with_only_the_key_map(stack):
     assert found["ExecReload"][0].startswith("/usr/sbin/nginx -q -t")
     # The credential path nginx includes is the one systemd makes for this unit.
     assert (
-        proxy.credential_path(stack, "llm-api-key")
-        == f"/run/credentials/{stack.auth_proxy['unit']}/llm-api-key.nginx-map"
+        proxy.credential_path(stack, "llm-api-key") == f"/run/credentials/{stack.auth_proxy.unit}/llm-api-key.nginx-map"
     )

@@ -81,6 +81,33 @@ def set_path(key, value):
     return mutate
 
 
+def set_in(*keys_and_value):
+    """Set data[k1][k2]...[kn] = value (keys may be list indexes)."""
+    *keys, value = keys_and_value
+
+    def mutate(data):
+        target = data
+        for key in keys[:-1]:
+            target = target[key]
+        target[keys[-1]] = value
+
+    return mutate
+
+
+def add_directory(path, owner, mode):
+    def mutate(data):
+        data["directories"].append({"path": path, "owner": owner, "mode": mode})
+
+    return mutate
+
+
+def llama(service, key, value):
+    return set_in("services", service, "llama_server", key, value)
+
+
+DIRECTORY_COUNT = len(group_data("testhost")["directories"])
+
+
 BAD_STACKS = [
     # (id, mutation, field the message must name, words the message must contain)
     ("two services on one port", set_port("exaone", 8080), "services.exaone.ports", "8080 is already taken"),
@@ -237,7 +264,7 @@ BAD_STACKS = [
         "container toolkit key without a fingerprint",
         lambda d: d["nvidia"]["container_toolkit"].pop("key_fingerprint"),
         "nvidia.container_toolkit.key_fingerprint",
-        "not an OpenPGP fingerprint",
+        "is missing",
     ),
     (
         "model file size not a number",
@@ -273,7 +300,7 @@ BAD_STACKS = [
         "request token cap missing",
         lambda d: d["services"]["bge-reranker"]["limits"].pop("max_request_tokens"),
         "services.bge-reranker.limits.max_request_tokens",
-        "is None",
+        "is missing",
     ),
     (
         "negative body timeout",
@@ -292,6 +319,282 @@ BAD_STACKS = [
         set_load("bge-reranker", "uvicorn", "limit_concurrency", 64),
         "services.bge-reranker.uvicorn.limit_concurrency",
         "not above batching.max_queued_requests 64",
+    ),
+    # --- each value of its declared type, and only declared settings ---------------------------------
+    (
+        "a setting of another kind",
+        set_in("services", "gpt-oss", "batching", {"batch_tokens": 512}),
+        "services.gpt-oss.batching",
+        "is not a setting of a llama.cpp service",
+    ),
+    (
+        "a misspelt llama-server flag",
+        llama("exaone", "ctx_sise", 4096),
+        "services.exaone.llama_server.ctx_sise",
+        "is not a setting",
+    ),
+    (
+        "a flag of the wrong type",
+        llama("exaone", "ctx_size", "4096"),
+        "services.exaone.llama_server.ctx_size",
+        "must be int",
+    ),
+    (
+        "an unknown exposure",
+        set_key("services", "docling", "exposure", "public"),
+        "services.docling.exposure",
+        "unknown exposure 'public'",
+    ),
+    (
+        "an unknown GPU class",
+        set_key("services", "qwen3-vl", "gpu", "medium"),
+        "services.qwen3-vl.gpu",
+        "unknown gpu 'medium'",
+    ),
+    (
+        "an unknown protocol",
+        set_in("services", "docling", "ports", 0, "protocol", "SCTP"),
+        "services.docling.ports[0].protocol",
+        "unknown protocol",
+    ),
+    (
+        "an unknown flash-attention mode",
+        llama("gpt-oss", "flash_attn", "yes"),
+        "services.gpt-oss.llama_server.flash_attn",
+        "unknown flash_attn 'yes'",
+    ),
+    (
+        "an unknown device",
+        set_key("services", "bge-embedding", "device", "rocm"),
+        "services.bge-embedding.device",
+        "unknown device 'rocm'",
+    ),
+    (
+        "a directory mode written as a number",
+        set_in("directories", 0, "mode", 0o755),
+        "directories[0].mode",
+        "must be str, got int 493",
+    ),
+    # --- each value in its domain: sizes, signs, lengths, modes, accounts, secret strength ----------
+    (
+        "a negative context",
+        llama("exaone", "ctx_size", -1),
+        "services.exaone.llama_server.ctx_size",
+        "-1 is outside 0-",
+    ),
+    (
+        "GPU layers that are no number",
+        llama("gpt-oss", "n_gpu_layers", "all"),
+        "services.gpt-oss.llama_server.n_gpu_layers",
+        "is not the layers on the GPU",
+    ),
+    ("a zero batch", llama("gpt-oss", "batch_size", 0), "services.gpt-oss.llama_server.batch_size", "outside 1-"),
+    (
+        "a group override out of range",
+        set_in("llama_server_overrides", "ctx_size", -2048),
+        "llama_server_overrides.ctx_size",
+        "outside 0-",
+    ),
+    (
+        "vLLM reserving more than the card",
+        set_key("services", "hyperclova", "gpu_memory_utilization", 1.5),
+        "services.hyperclova.gpu_memory_utilization",
+        "1.5 is above 1",
+    ),
+    (
+        "vLLM reserving nothing",
+        set_key("services", "hyperclova", "gpu_memory_utilization", 0),
+        "services.hyperclova.gpu_memory_utilization",
+        "is not above 0",
+    ),
+    (
+        "a negative VRAM estimate",
+        set_key("services", "qwen3-vl", "vram_gb", -1.0),
+        "services.qwen3-vl.vram_gb",
+        "outside 0-1024",
+    ),
+    ("no usable VRAM", lambda d: d["gpu"].update(vram_usable_gb=0), "gpu.vram_usable_gb", "is not above 0"),
+    (
+        "a model of no size on disk",
+        set_key("models", "exaone-32b", "disk_gb", 0),
+        "models.exaone-32b.disk_gb",
+        "is not above 0",
+    ),
+    (
+        "a model file of zero bytes",
+        set_in("models", "exaone-32b", "files", 0, "size", 0),
+        "models.exaone-32b.files[0].size",
+        "0 is below 1",
+    ),
+    (
+        "a checksum that is no sha256",
+        set_in("models", "exaone-32b", "files", 0, "sha256", "abc"),
+        "models.exaone-32b.files[0].sha256",
+        "is not a sha256",
+    ),
+    (
+        "an artifact with a short checksum",
+        set_in("artifacts", "minilm-model", "sha256", "b9a0"),
+        "artifacts.minilm-model.sha256",
+        "is not the file's sha256",
+    ),
+    (
+        "a mode that is not octal",
+        set_in("directories", 0, "mode", "0855"),
+        "directories[0].mode",
+        "is not an octal mode",
+    ),
+    (
+        "a relative directory",
+        set_in("directories", 0, "path", "home/kca"),
+        "directories[0].path",
+        "is not an absolute path",
+    ),
+    (
+        "a directory of an unknown account",
+        set_in("directories", 1, "owner", "nobody"),
+        "directories[1].owner",
+        "'nobody' is not an account of this stack",
+    ),
+    (
+        "an account name Linux refuses",
+        set_in("service_users", "docling", "name", "Kca Docling"),
+        "service_users.docling.name",
+        "is not an account name",
+    ),
+    (
+        "a service user that is root",
+        set_in("service_users", "docling", "uid", 0),
+        "service_users.docling.uid",
+        "0 is outside 1-65533",
+    ),
+    (
+        "a guessable secret",
+        set_in("secrets", "llm-api-key", "bytes", 8),
+        "secrets.llm-api-key.bytes",
+        "8 is outside 16-256",
+    ),
+    (
+        "a unit name without .service",
+        set_key("services", "docling", "unit", "docling"),
+        "services.docling.unit",
+        "is not a systemd unit name",
+    ),
+    (
+        "a backend port out of range",
+        set_in("services", "hyperclova", "backend", "port", 70000),
+        "services.hyperclova.backend.port",
+        "outside 1-65535",
+    ),
+    (
+        "a negative upload limit",
+        set_key("services", "docling", "max_file_size", -1),
+        "services.docling.max_file_size",
+        "outside 1-",
+    ),
+    (
+        "a key fingerprint of the wrong length",
+        lambda d: d["nvidia"]["container_toolkit"].update(key_fingerprint="C95B 321B 61E8"),
+        "nvidia.container_toolkit.key_fingerprint",
+        "is not an OpenPGP fingerprint",
+    ),
+    (
+        "a proxy without workers",
+        set_in("auth_proxy", "worker_processes", 0),
+        "auth_proxy.worker_processes",
+        "outside 1-64",
+    ),
+    (
+        "a proxy body limit nginx refuses",
+        set_in("auth_proxy", "max_body", "32 MB"),
+        "auth_proxy.max_body",
+        "is not nginx's client_max_body_size",
+    ),
+    # --- each identity once --------------------------------------------------------------------------
+    (
+        "two services share a unit",
+        set_key("services", "exaone", "unit", "llama-server-gpt-oss.service"),
+        "services.exaone.unit",
+        "the unit llama-server-gpt-oss.service is also services.gpt-oss.unit's",
+    ),
+    (
+        "a service takes the proxy's unit",
+        set_key("services", "docling", "unit", "kca-llm-proxy.service"),
+        "auth_proxy.unit",
+        "is also services.docling.unit's",
+    ),
+    (
+        "two containers as one compose service",
+        set_key("services", "dify-worker", "compose_service", "api"),
+        "services.dify-worker.compose_service",
+        "the compose service dify/api is also",
+    ),
+    (
+        "two model files at one path",
+        set_in("models", "qwen3-vl-8b", "files", 1, "file", "Qwen3VL-8B-Instruct-Q4_K_M.gguf"),
+        "models.qwen3-vl-8b.files[1]",
+        "is also models.qwen3-vl-8b.files[0]'s",
+    ),
+    (
+        "two models in one folder",
+        set_key("models", "bge-reranker-v2-m3", "dir", "/models/huggingface/bge-m3"),
+        "models.bge-reranker-v2-m3.dir",
+        "is also models.bge-m3.dir's",
+    ),
+    (
+        "a directory listed twice",
+        add_directory("/etc/kca/", "root", "0755"),
+        f"directories[{DIRECTORY_COUNT}].path",
+        "the directory /etc/kca is also",
+    ),
+    (
+        "secret names that differ in case",
+        set_in("secrets", "LLM-API-KEY", {"bytes": 32}),
+        "secrets.LLM-API-KEY",
+        "the secret file llm-api-key is also secrets.llm-api-key's",
+    ),
+    # --- what a kind's settings name exists -------------------------------------------------------------
+    (
+        "an unknown venv",
+        set_key("services", "bge-embedding", "venv", "nope"),
+        "services.bge-embedding.venv",
+        "unknown venv 'nope'",
+    ),
+    (
+        "requirements not in the repository",
+        set_key("services", "docling", "requirements", "apps/nope.txt"),
+        "services.docling.requirements",
+        "not a file of this repository",
+    ),
+    (
+        "an app not in the repository",
+        set_in("services", "bge-reranker", "app", "src", "apps/nope.py"),
+        "services.bge-reranker.app.src",
+        "not a file of this repository",
+    ),
+    (
+        "a llama.cpp service without a model",
+        set_key("services", "exaone", "models", []),
+        "services.exaone.models",
+        "serves a model and names none",
+    ),
+    (
+        "a relaxation for an unknown kind",
+        set_in("systemd_relaxations", "podman", {"PrivateTmp": ["no", "why"]}),
+        "systemd_relaxations.podman",
+        "is neither a kind nor",
+    ),
+    (
+        "a relaxation that says not why",
+        set_in("systemd_relaxations", "vllm", "MemoryDenyWriteExecute", ["no", ""]),
+        "systemd_relaxations.vllm.MemoryDenyWriteExecute",
+        "not [value, why]",
+    ),
+    (
+        "a stand-in with no source",
+        set_in("model_standins", "bge-m3", {}),
+        "model_standins.bge-m3",
+        "needs either an artifact or a build",
     ),
 ]
 

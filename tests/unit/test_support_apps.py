@@ -118,7 +118,7 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
-        argv = [str(SUPPORT_PYTHON), service.settings["app"]["src"], "--host", "127.0.0.1", "--port", str(self.port)]
+        argv = [str(SUPPORT_PYTHON), service.settings.app.src, "--host", "127.0.0.1", "--port", str(self.port)]
         self.process = subprocess.Popen(
             argv, cwd=ROOT, env={**os.environ, **env}, stdout=log_path.open("w"), stderr=subprocess.STDOUT
         )
@@ -320,21 +320,21 @@ def test_load_settings_come_from_the_data(servers):
     server = servers["embedding"]
     s = server.settings
     expected = {
-        "KCA_BATCH_TOKENS": s["batching"]["batch_tokens"],
-        "KCA_BATCH_WAIT_MS": s["batching"]["wait_ms"],
-        "KCA_MAX_QUEUED_REQUESTS": s["batching"]["max_queued_requests"],
-        "KCA_MAX_TEXT_TOKENS": s["limits"]["max_text_tokens"],
-        "KCA_MAX_REQUEST_TOKENS": s["limits"]["max_request_tokens"],
-        "KCA_BODY_TIMEOUT_S": s["limits"]["body_timeout_s"],
-        "KCA_LIMIT_CONCURRENCY": s["uvicorn"]["limit_concurrency"],
-        "KCA_TIMEOUT_KEEP_ALIVE_S": s["uvicorn"]["timeout_keep_alive_s"],
-        "OMP_NUM_THREADS": s["threads"],
+        "KCA_BATCH_TOKENS": s.batching.batch_tokens,
+        "KCA_BATCH_WAIT_MS": s.batching.wait_ms,
+        "KCA_MAX_QUEUED_REQUESTS": s.batching.max_queued_requests,
+        "KCA_MAX_TEXT_TOKENS": s.limits.max_text_tokens,
+        "KCA_MAX_REQUEST_TOKENS": s.limits.max_request_tokens,
+        "KCA_BODY_TIMEOUT_S": s.limits.body_timeout_s,
+        "KCA_LIMIT_CONCURRENCY": s.uvicorn.limit_concurrency,
+        "KCA_TIMEOUT_KEEP_ALIVE_S": s.uvicorn.timeout_keep_alive_s,
+        "OMP_NUM_THREADS": s.threads,
     }
     assert {k: int(server.env[k]) for k in expected} == expected
     health = requests.get(f"{server.url}/health", timeout=TIMEOUT_S).json()
     assert health["queued_requests"] == 0
-    assert health["max_queued_requests"] == s["batching"]["max_queued_requests"]
-    assert health["threads"] == s["threads"]
+    assert health["max_queued_requests"] == s.batching.max_queued_requests
+    assert health["threads"] == s.threads
 
 
 if __name__ == "__main__":

@@ -275,3 +275,17 @@ def test_guest_fstab_mounts_the_shares_without_blocking_boot():
     assert f"pip-cache /root/.cache/pip 9p {vm.NINEP} 0 0" in lines
     assert f"s0 /opt/p 9p {vm.NINEP},ro 0 0" in lines
     assert "nofail" in vm.NINEP
+
+
+def test_each_instance_has_its_own_apt_archives_seeded_from_the_shared_one(tmp_path):
+    """apt locks its archives folder for a whole install: two instances sharing one would fail each
+    other's installs. Instance 0 keeps the shared folder; another gets its own, with the packages linked."""
+    shared = tmp_path / "apt-archives"
+    shared.mkdir()
+    (shared / "zstd_1.5.4_amd64.deb").write_bytes(b"deb")
+    (shared / "lock").write_text("")
+    assert image.apt_archives(tmp_path, contract.instance({"KCA_TESTHOST_INSTANCE": "0"})) == shared
+    own = image.apt_archives(tmp_path, contract.instance({"KCA_TESTHOST_INSTANCE": "3"}))
+    assert own != shared and own.parent == tmp_path
+    assert sorted(p.name for p in own.iterdir()) == ["zstd_1.5.4_amd64.deb"]
+    assert (own / "zstd_1.5.4_amd64.deb").stat().st_ino == (shared / "zstd_1.5.4_amd64.deb").stat().st_ino

@@ -10,22 +10,16 @@ import pytest
 
 from kca_stack import build_stack
 from kca_stack.data import group_data
-from tasks import llm, support
+from kca_stack.kinds import KINDS
+from tasks import llm
 from tasks.render import render as render_template
-from tasks.units import UNIT_TEMPLATE, unit_context
+from tasks.units import UNIT_TEMPLATE, task, unit_context, unit_spec
 from tasks.util import systemd_command_line, systemd_quote
-
-SPECS = {
-    "llama.cpp": llm.llama_server_spec,
-    "vllm": llm.vllm_spec,
-    "fastapi": support.fastapi_spec,
-    "docling-serve": support.docling_spec,
-}
 
 
 def render(stack, service) -> str:
-    """The unit as pyinfra renders it: the same template, the same context."""
-    spec = SPECS[service.kind](stack, service)
+    """The unit as pyinfra renders it: the same template, the same context, the spec its kind names."""
+    spec = unit_spec(stack, service)
     return render_template(UNIT_TEMPLATE, **unit_context(stack, service, spec, "test"))
 
 
@@ -114,7 +108,7 @@ def test_every_relaxation_says_why(stack):
 def test_secrets_reach_units_as_credentials_only(stack):
     for service in stack.systemd_services():
         text = render(stack, service)
-        secret = service.settings.get("api_key_secret")
+        secret = service.api_key_secret
         if secret:
             assert f"LoadCredential={secret}:{stack.paths['secrets']}/{secret}" in text
             assert f"{stack.paths['secrets']}/{secret}" not in directives(text)["ExecStart"][0]
@@ -140,3 +134,21 @@ def test_llama_server_flags_come_from_the_data():
 def test_systemd_quoting(arg, quoted):
     assert systemd_quote(arg) == quoted
     assert systemd_command_line(["x", "%d/key"], keep_specifiers=("%d/key",)) == "x %d/key"
+
+
+def test_every_kind_names_task_functions_that_exist():
+    """The registry is the one place a kind is described: what it names must be there, and every unit
+    kind says how its unit is built."""
+    for kind in KINDS.values():
+        for name in (kind.prepare, kind.install, kind.unit_spec):
+            if name is not None:
+                assert callable(task(name)), (kind.name, name)
+        assert (kind.unit_spec is not None) == kind.systemd, kind.name
+        assert kind.layer in ("llm", "support", "apps"), kind.name
+
+
+def test_open_webui_lists_the_llm_kinds_of_the_registry():
+    stack = build_stack(group_data("production"))
+    backends = [s.name for s in stack.llm_backends()]
+    assert backends == ["gpt-oss", "exaone", "hyperclova", "qwen3-vl"]
+    assert all(KINDS[stack.services[name].kind].llm_backend for name in backends)

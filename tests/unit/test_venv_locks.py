@@ -35,9 +35,13 @@ def locked_venvs() -> list[tuple[str, str, str, list[str]]]:
         for venv in stack.venvs.values():
             if venv.lock:
                 sources = sorted(
-                    {s.settings["requirements"] for s in stack.services.values() if s.settings.get("venv") == venv.name}
+                    {
+                        s.settings.requirements
+                        for s in stack.services.values()
+                        if getattr(s.settings, "venv", None) == venv.name
+                    }
                 )
-                if stack.vllm.get("venv") == venv.name:
+                if stack.vllm.venv == venv.name:
                     sources.append("vllm.packages")
                 cases.append((group, venv.name, venv.lock, sources))
     return cases
@@ -64,7 +68,7 @@ def test_the_lock_holds_every_pin_of_its_requirements(group, venv_name, lock, so
     locked = pins((ROOT / lock).read_text())
     stack = build_stack(group_data(group))
     for source in sources:
-        text = "\n".join(stack.vllm["packages"]) if source == "vllm.packages" else (ROOT / source).read_text()
+        text = "\n".join(stack.vllm.packages) if source == "vllm.packages" else (ROOT / source).read_text()
         for name, version in pins(text).items():
             # A local label (torch 2.13.0+cpu) is the same release for another accelerator.
             assert locked.get(name, "").split("+")[0] == version, (

@@ -8,17 +8,17 @@ Run with `-s` to see the timings.
 from __future__ import annotations
 
 import hashlib
-import socket
 import subprocess
 import sys
-import threading
 import time
+
+from boot_probe import Prober  # tests/boot_probe.py
 
 from kca_stack import build_stack
 from kca_stack.data import group_data
 from kca_stack.firewall import TABLE
 
-from .conftest import DISK_FILES, ROOT, TESTHOST, sha256
+from .conftest import DISK_FILES, ROOT, TESTHOST, VM_DATA, sha256
 
 MOUNTPOINT = group_data("testhost")["models_filesystem"]["mountpoint"]
 PROBE_UNIT = "kca-boot-probe.service"
@@ -89,36 +89,6 @@ def test_second_deploy_changes_nothing(vm, tmp_path):
 # ---- reboot ------------------------------------------------------------------------------------------
 
 
-class Prober(threading.Thread):
-    """Connects to the guest from this machine over and over: what answered, and when. The internal port
-    is tried every 0.2 s; SSH every 2 s only (sshd throttles a burst of unauthenticated connections)."""
-
-    def __init__(self, address: str, internal: int):
-        super().__init__(daemon=True)
-        self.address, self.internal = address, internal
-        self.stop = threading.Event()
-        self.seen: list[tuple[float, int, str]] = []
-
-    def knock(self, port: int) -> None:
-        try:
-            with socket.create_connection((self.address, port), timeout=0.5):
-                verdict = "open"
-        except ConnectionRefusedError:
-            verdict = "refused"
-        except OSError:
-            verdict = "no answer"
-        self.seen.append((time.monotonic(), port, verdict))
-
-    def run(self):
-        rounds = 0
-        while not self.stop.is_set():
-            self.knock(self.internal)
-            if rounds % 10 == 0:
-                self.knock(22)
-            rounds += 1
-            time.sleep(0.2)
-
-
 def test_reboot_firewall_before_listeners_and_everything_back(vm):
     """kca-firewall.service (WantedBy=sysinit.target, Before=network-pre.target) across a real reboot:
     an internal port is never reachable from outside while the guest boots, the firewall is active
@@ -135,24 +105,21 @@ def test_reboot_firewall_before_listeners_and_everything_back(vm):
     )
     vm.ssh(f"for i in $(seq 50); do ss -Htln | grep -q ':{internal} ' && exit 0; sleep 0.5; done; exit 1")
     uuid_before = vm.ssh(f"findmnt -n -o UUID {MOUNTPOINT}").strip()
-    prober = Prober(vm.instance.guest_address, internal)
+    prober = Prober(vm.instance.guest_address, [internal])
     prober.start()
     started = time.monotonic()
     reboot = subprocess.run([*TESTHOST, "reboot"], capture_output=True, text=True)
     back = time.monotonic()
     time.sleep(3)
-    prober.stop.set()
-    prober.join()
+    prober.finish()
     assert reboot.returncode == 0, reboot.stdout + reboot.stderr
     print(f"\n{reboot.stdout.strip()}")
     vm.timings["reboot to running (testhost reboot)"] = back - started
 
-    opened = [t - started for t, port, verdict in prober.seen if port == internal and verdict == "open"]
-    assert not opened, f"port {internal} answered from outside at {opened[:5]} s into the reboot"
-    ssh_seen = [t - started for t, port, verdict in prober.seen if port == 22 and verdict == "open"]
-    assert ssh_seen and ssh_seen[-1] > 0, "the probe never saw SSH: it could not have seen the internal port"
-    probes = sum(1 for _, port, _ in prober.seen if port == internal)
-    print(f"probed port {internal} {probes} times during the reboot: never reachable")
+    opened = prober.opened(started)
+    assert not opened, f"port {internal} answered from outside during the reboot: {opened[:5]}"
+    assert prober.ssh_seen_after(started), "the probe never saw SSH: it could not have seen the internal port"
+    print(f"probed port {internal} {prober.count()} times during the reboot: never reachable")
 
     def entered(unit: str, what: str = "ActiveEnterTimestampMonotonic") -> int:
         return int(vm.ssh(f"systemctl show -p {what} --value {unit}").strip())
@@ -165,6 +132,40 @@ def test_reboot_firewall_before_listeners_and_everything_back(vm):
     assert vm.ssh(f"findmnt -n -o UUID {MOUNTPOINT}").strip() == uuid_before
     assert vm.ssh("systemctl is-system-running").strip() == "running"
     vm.ssh(f"systemctl disable --now {PROBE_UNIT} && rm /etc/systemd/system/{PROBE_UNIT} && systemctl daemon-reload")
+
+
+def test_reboot_with_the_models_disk_detached_comes_up_reachable(vm):
+    """fstab's nofail,x-systemd.device-timeout= (models_filesystem.options) and RequiresMountsFor=/models
+    (templates/etc/systemd/system/kca-service.service.j2) when the models disk is dead at boot: the host
+    comes up reachable over SSH instead of in emergency mode, a unit that needs the disk fails cleanly on
+    the dependency, and the health table says /models is missing. The disk then comes back."""
+    unit = "kca-needs-models.service"
+    vm.ssh(
+        f"printf '%s\\n' '[Unit]' 'RequiresMountsFor={MOUNTPOINT}' '[Service]' 'ExecStart=/bin/sleep infinity' "
+        f"'[Install]' 'WantedBy=multi-user.target' > /etc/systemd/system/{unit} && "
+        f"systemctl daemon-reload && systemctl enable --now {unit}"
+    )
+    serial = VM_DATA["models_disk_serials"]["files"]
+    started = time.monotonic()
+    reboot = subprocess.run([*TESTHOST, "reboot", "--detach", serial], capture_output=True, text=True)
+    assert reboot.returncode == 0, reboot.stdout + reboot.stderr
+    vm.timings["reboot with the models disk detached, to SSH"] = time.monotonic() - started
+    print(f"\n{reboot.stdout.strip()}")
+    state = vm.ssh("systemctl is-system-running", check=False).strip()
+    assert state in ("running", "degraded"), f"the host came up {state!r} without its models disk"
+    assert vm.ssh(f"findmnt -n {MOUNTPOINT}", check=False).strip() == "", "/models is mounted without its disk"
+    assert vm.ssh(f"systemctl is-active {unit}", check=False).strip() != "active"
+    assert "Dependency failed" in vm.ssh(f"journalctl -b --no-pager -u {unit}", check=False)
+    health = subprocess.run(
+        [sys.executable, "tools/health_check.py"], cwd=ROOT, capture_output=True, text=True, env=vm.environment()
+    )
+    assert f"{MOUNTPOINT} is not mounted" in health.stdout, health.stdout + health.stderr
+
+    reboot = subprocess.run([*TESTHOST, "reboot", "--cold"], capture_output=True, text=True)
+    assert reboot.returncode == 0, reboot.stdout + reboot.stderr
+    assert vm.ssh(f"findmnt -n -o SOURCE {MOUNTPOINT}").strip(), "/models did not come back with its disk"
+    assert vm.ssh(f"systemctl is-active {unit}").strip() == "active"
+    vm.ssh(f"systemctl disable --now {unit} && rm /etc/systemd/system/{unit} && systemctl daemon-reload")
 
 
 # ---- formatting an empty disk (last: it moves /models to another disk) ------------------------------
