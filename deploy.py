@@ -17,12 +17,12 @@ from tasks import (
     firewall,
     identities,
     llm,
-    models,
     nvidia,
     openwebui,
     proxy,
     secrets,
     units,
+    weights,
 )
 
 try:
@@ -61,7 +61,7 @@ if "llm" in layers:
     #    plugin, their units), their models, the GPU switch.
     nvidia.deploy_nvidia(stack=stack)
     llm_services = units.deploy_services(stack, "llm", restarts)
-    restarts.add_models(stack, models.deploy_models(stack=stack, kinds=units.layer_kinds("llm")))
+    restarts.add_models(stack, weights.deploy_models(stack=stack, kinds=units.layer_kinds("llm")))
     llm.install_switch(stack=stack)
     # vLLM listens on loopback; its port is the authenticating proxy's.
     proxy.deploy_auth_proxy(stack=stack)
@@ -71,7 +71,7 @@ if "support" in layers:
     # 3. Support services: embeddings, reranker, Docling (their venvs first: a stand-in model may be
     #    built with them), then their models.
     support_services = units.deploy_services(stack, "support", restarts)
-    restarts.add_models(stack, models.deploy_models(stack=stack, kinds=units.layer_kinds("support")))
+    restarts.add_models(stack, weights.deploy_models(stack=stack, kinds=units.layer_kinds("support")))
     units.activate(stack, support_services, restarts)
 
 if "apps" in layers:

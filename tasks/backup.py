@@ -12,21 +12,18 @@ Two steps, because state comes back in two stages on a freshly built host:
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 from dataclasses import asdict
-from io import BytesIO
 
 from pyinfra import host, logger
-from pyinfra.api import deploy
-from pyinfra.operations import apt, files, systemd
+from pyinfra.api import deploy, operation
+from pyinfra.operations import systemd
 
 from kca_stack import Stack
 from kca_stack.model import StateItem
 
-from .base import packages_missing
-from .util import remote_output, streamed_shell
+from . import ops
 
 SOURCE = "tasks/backup.py"
 SCRIPT = "/usr/local/sbin/kca-backup"
@@ -136,96 +133,71 @@ def deploy_backup(stack: Stack) -> None:
         logger.info(f"{host.name}: backups are disabled (backup.enabled)")
         return
 
-    apt.packages(
-        name="Install restic",
-        packages=["restic"],
-        update=bool(packages_missing(["restic"])),
-        no_recommends=True,
+    ops.packages(name="Install restic", packages=["restic"])
+    ops.directories(
+        name=f"Create {b.config_dir} and {b.work_dir}",
+        dirs=[ops.HostDirectory(path, "root", "root", "0700") for path in (b.config_dir, b.work_dir)],
     )
-    files.directory(name=f"Create {b.config_dir}", path=b.config_dir, user="root", group="root", mode="0700")
-    files.directory(name=f"Create {b.work_dir}", path=b.work_dir, user="root", group="root", mode="0700")
     # From the operator, never generated here: a server that dies must not take the only copy along.
     password = operator_value(b.password_env, "the backup repository password")
-    files.put(
-        name="Install the repository password (from the operator)",
-        src=BytesIO(password.encode() + b"\n"),
-        dest=b.password_file,
-        user="root",
-        group="root",
-        mode="0600",
-    )
     credentials = "".join(f"{n}={operator_value(f'KCA_BACKUP_{n}', n)}\n" for n in b.credentials_env)
-    files.put(
-        name="Install the repository credentials (from the operator)",
-        src=BytesIO(credentials.encode()),
-        dest=environment_path(stack),
-        user="root",
-        group="root",
-        mode="0600",
+    ops.install_files(
+        name="Install kca-backup, its configuration and the repository's password and credentials (from the operator)",
+        files=[
+            ops.HostFile(b.password_file, text=password + "\n", mode="0600"),
+            ops.HostFile(environment_path(stack), text=credentials, mode="0600"),
+            # The state entries of the data.
+            ops.json_file(backup_config(stack), config_path(stack), mode="0600"),
+            ops.HostFile(SCRIPT, src=SCRIPT_SOURCE, mode="0755"),
+        ],
     )
-    files.put(
-        name="Install kca-backup's configuration (the state entries of the data)",
-        src=BytesIO((json.dumps(backup_config(stack), indent=2, sort_keys=True) + "\n").encode()),
-        dest=config_path(stack),
-        user="root",
-        group="root",
-        mode="0600",
-    )
-    files.put(name=f"Install {SCRIPT}", src=SCRIPT_SOURCE, dest=SCRIPT, mode="0755")
 
     # The repository: created once. kca-backup refuses a wrong password rather than create a second one.
-    marker = f"{b.work_dir}/repository"
-    if remote_output(f"cat {marker} 2>/dev/null || true") != b.repository:
-        streamed_shell(
-            name="Open the backup repository (created when missing)",
-            commands=[command(stack, "init"), f"echo {shlex.quote(b.repository)} > {marker}"],
-        )
+    ops.stamped(
+        name="Open the backup repository (created when missing)",
+        stamp=f"{b.work_dir}/repository",
+        wanted=b.repository,
+        commands=[command(stack, "init")],
+        stream=True,
+    )
 
     wanted, forced = restore_request(stack)
     if wanted:
-        restore_files(stack, wanted, forced)
-
-    changed = []
-    for unit in units(stack):
-        # Not `name`: files.template takes that as the operation's name.
-        context = {"source": SOURCE, **{k: v for k, v in unit.items() if k != "name"}}
-        for suffix, template in ((".service", SERVICE_TEMPLATE), (".timer", TIMER_TEMPLATE)):
-            changed.append(
-                files.template(
-                    name=f"Install {unit['name']}{suffix}",
-                    src=template,
-                    dest=f"{stack.paths['units']}/{unit['name']}{suffix}",
-                    mode="0644",
-                    **context,
-                )
-            )
-    systemd.daemon_reload(
-        name="Reload systemd units (backup units changed)", _if=lambda: any(o.did_change() for o in changed)
-    )
-    for unit in units(stack):
-        systemd.service(
-            name=f"Enable and start {unit['name']}.timer",
-            service=f"{unit['name']}.timer",
-            enabled=True,
-            running=True,
+        restore_files(
+            name=f"Restore the state of snapshot {wanted} (files; databases load once Docker runs)",
+            stack=stack,
+            wanted=wanted,
+            forced=forced,
         )
 
+    unit_files = []
+    for unit in units(stack):
+        # The unit's name is its file's name, not a value of the template.
+        context = {"source": SOURCE, **{k: v for k, v in unit.items() if k != "name"}}
+        for suffix, template in ((".service", SERVICE_TEMPLATE), (".timer", TIMER_TEMPLATE)):
+            unit_files.append(ops.template(template, f"{stack.paths['units']}/{unit['name']}{suffix}", **context))
+    changed = ops.install_files(name="Install the backup units and timers", files=unit_files)
+    systemd.daemon_reload(name="Reload systemd units (backup units changed)", _if=changed.did_change)
+    ops.units_running(
+        name="Enable and start the backup timers",
+        units=[(f"{unit['name']}.timer", True, True) for unit in units(stack)],
+    )
 
-def restore_files(stack: Stack, wanted: str, forced: bool) -> None:
+
+@operation()
+def restore_files(stack: Stack, wanted: str, forced: bool):
     """Put back every file of the snapshot, before the secret generator and before any service starts.
     A request already carried out (restored.json names its snapshot) is not carried out again."""
-    done = remote_output(f"cat {stack.backup.work_dir}/restored.json 2>/dev/null || true")
-    if done:
-        restored = json.loads(done)["snapshot"]
-        if wanted == "latest" or restored.startswith(wanted):
-            logger.info(
-                f"{host.name}: already restored from snapshot {restored[:8]}; remove backup.restore / {RESTORE_ENV} "
-                "to stop asking"
-            )
-            return
-    streamed_shell(
-        name=f"Restore the state of snapshot {wanted} (files; databases load once Docker runs)",
-        commands=[command(stack, "restore", wanted, "--phase", "files", *(["--force"] if forced else []))],
+    restored = (host.get_fact(ops.JsonFile, path=f"{stack.backup.work_dir}/restored.json") or {}).get("snapshot", "")
+    if restored and (wanted == "latest" or restored.startswith(wanted)):
+        logger.info(
+            f"{host.name}: already restored from snapshot {restored[:8]}; remove backup.restore / {RESTORE_ENV} "
+            "to stop asking"
+        )
+        host.noop(f"restored from snapshot {restored[:8]}")
+        return
+    yield from ops.shell_commands(
+        [command(stack, "restore", wanted, "--phase", "files", *(["--force"] if forced else []))], stream=True
     )
 
 
@@ -234,22 +206,22 @@ def before_services_start(stack: Stack) -> None:
     b = stack.backup
     if b is None or not b.enabled:
         return
-    pending = remote_output(f"ls {b.work_dir}/pending 2>/dev/null || true")
-    restoring_now = restore_request(stack)[0] and not remote_output(
-        f"ls {b.work_dir}/restored.json 2>/dev/null || true"
+    # Guarded on the host: a dump restored by this very run is found when this runs.
+    ops.shell_unless(
+        name="Load restored database dumps into their empty volumes",
+        done=f'[ -z "$(ls {b.work_dir}/pending 2>/dev/null)" ]',
+        commands=[command(stack, "restore", "--phase", "databases")],
+        stream=True,
     )
-    if pending or restoring_now:
-        # Guarded on the host: a dump restored by this very run is not visible to the facts read before it.
-        streamed_shell(
-            name="Load restored database dumps into their empty volumes",
-            commands=[
-                f'if [ -n "$(ls {b.work_dir}/pending 2>/dev/null)" ]; then '
-                f"{command(stack, 'restore', '--phase', 'databases')}; fi"
-            ],
-        )
-    recorded = remote_output(f"cat {b.work_dir}/pins.json 2>/dev/null || true")
-    if not recorded or json.loads(recorded) != stack.pins():
-        streamed_shell(
-            name="Snapshot the state whose version pin changed, before the new version starts",
-            commands=[command(stack, "before-start")],
-        )
+    snapshot_before_start(
+        name="Snapshot the state whose version pin changed, before the new version starts", stack=stack
+    )
+
+
+@operation()
+def snapshot_before_start(stack: Stack):
+    """When the pins the running versions recorded differ from the data's: snapshot first."""
+    if host.get_fact(ops.JsonFile, path=f"{stack.backup.work_dir}/pins.json") == stack.pins():
+        host.noop("the version pins have not changed")
+        return
+    yield from ops.shell_commands([command(stack, "before-start")], stream=True)

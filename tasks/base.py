@@ -1,5 +1,6 @@
-"""Base layer: the kca user, the /models filesystem, the document's directory tree, base packages and
-the Python environment at /models/venv (with the /home/kca/venv symlink)."""
+"""Base layer: the /models filesystem, the document's directory tree, base packages and the Python
+environments under /models (with the /home/kca/venv symlink). The kca user comes first, with the
+service identities (tasks/identities.py)."""
 
 from __future__ import annotations
 
@@ -7,36 +8,42 @@ import shlex
 
 from pyinfra import host, logger
 from pyinfra.api import deploy
-from pyinfra.facts.deb import DebPackages
-from pyinfra.facts.files import File
-from pyinfra.facts.server import LinuxDistribution
-from pyinfra.operations import apt, files, pip, server
+from pyinfra.facts.server import Command, LinuxDistribution
+from pyinfra.operations import files, server
 
 from kca_stack import Service, Stack
 from kca_stack.validate import moving_refs
 
-from .util import first_not_owned, remote_output
+from . import ops
+from .util import all_owned_by_test, owned_by_test
+
+# Read once per host and run: several layers pick their package names from the profile.
+_PROFILES: dict[str, dict] = {}
 
 
 def os_profile(stack: Stack) -> dict:
     """The OS-specific constants for this host (package names, python), picked by its release."""
-    distro = host.get_fact(LinuxDistribution)
-    key = f"{distro['name'].split()[0].lower()}-{distro['release_meta'].get('VERSION_ID', '')}"
-    if key not in stack.os_profiles:
-        raise SystemExit(f"{host.name}: unsupported OS {key!r}; supported: {', '.join(stack.os_profiles)}")
-    return stack.os_profiles[key]
+    if host.name not in _PROFILES:
+        distro = host.get_fact(LinuxDistribution)
+        key = f"{distro['name'].split()[0].lower()}-{distro['release_meta'].get('VERSION_ID', '')}"
+        if key not in stack.os_profiles:
+            raise SystemExit(f"{host.name}: unsupported OS {key!r}; supported: {', '.join(stack.os_profiles)}")
+        _PROFILES[host.name] = stack.os_profiles[key]
+    return _PROFILES[host.name]
 
 
-def fetch_signing_key(label: str, url: str, keyring: str, fingerprint: str, dearmor: bool) -> None:
+def fetch_signing_key(label: str, url: str, keyring: str, fingerprint: str, dearmor: bool):
     """An apt repository's signing key into `keyring`, refused unless it has `fingerprint`; fetched once
-    (a keyring that is there is left alone). `dearmor`: store it binary (a .gpg keyring)."""
-    if host.get_fact(File, path=keyring):
-        return
+    (a keyring that is there is left alone). `dearmor`: store it binary (a .gpg keyring).
+
+    Not files.download(sha256sum=...): the data pins the key by its fingerprint, which outlives a new
+    armoring or a new signature on the same key; the file's own bytes are not pinned anywhere."""
     wanted = fingerprint.replace(" ", "").upper()
     tmp = f"{keyring}.new"
     store = f"gpg --dearmor --yes -o {keyring} {tmp}" if dearmor else f"install -m 0644 {tmp} {keyring}"
-    server.shell(
+    return ops.shell_unless(
         name=f"Fetch {label} and check its fingerprint",
+        done=f"[ -s {shlex.quote(keyring)} ]",
         commands=[
             f"curl -fsSL {shlex.quote(url)} -o {tmp}",
             f"gpg --show-keys --with-colons {tmp} | grep -q '^fpr:::::::::{wanted}:'"
@@ -44,11 +51,6 @@ def fetch_signing_key(label: str, url: str, keyring: str, fingerprint: str, dear
             f"{store} && rm -f {tmp}",
         ],
     )
-
-
-def packages_missing(wanted: list[str]) -> list[str]:
-    installed = host.get_fact(DebPackages)
-    return [name for name in wanted if name not in installed]
 
 
 def warn_moving_refs(stack: Stack) -> None:
@@ -78,59 +80,41 @@ def deploy_base(stack: Stack) -> None:
     warn_moving_refs(stack)
     profile = os_profile(stack)
 
-    server.user(
-        name=f"Create the {stack.user.name} user",
-        user=stack.user.name,
-        uid=stack.user.uid,
-        home=stack.user.home,
-        shell=stack.user.shell,
-        create_home=True,
-    )
-
     mount_models_filesystem(stack)
 
-    for directory in stack.directories:
-        files.directory(
-            name=f"Create {directory.path}",
-            path=directory.path,
+    ops.directories(
+        name="Create the directory tree",
+        dirs=[
             # Unmanaged directories (Docker volumes) are only created: their owner is the container's.
-            user=directory.owner if directory.manage else None,
-            group=directory.owner if directory.manage else None,
-            mode=directory.mode if directory.manage else None,
-        )
-
-    wanted = list(stack.base_packages) + list(profile.get("extra_packages", []))
-    missing = packages_missing(wanted)
-    apt.packages(
-        name="Install base packages",
-        packages=wanted,
-        # Refresh the index only when something must be installed: a converged host stays quiet.
-        update=bool(missing),
-        no_recommends=True,
+            ops.HostDirectory(d.path, d.owner, d.owner, d.mode) if d.manage else ops.HostDirectory(d.path)
+            for d in stack.directories
+        ],
     )
 
+    ops.packages(
+        name="Install base packages",
+        packages=list(stack.base_packages) + list(profile.get("extra_packages", [])),
+    )
+
+    # Root's, like /models that holds them (group_data venvs): root runs pip and Python there, so no
+    # other user may write there. A host whose venvs were kca's is handed back to root.
+    done, commands = [all_owned_by_test([v.path for v in stack.venvs.values()], "root", 0)], []
     for venv in stack.venvs.values():
-        # Root's, like /models that holds it (group_data venvs): root runs pip and Python here, so no
-        # other user may write here. A host whose venvs were kca's is handed back to root once.
-        pip.venv(
-            name=f"Create the Python environment {venv.path}",
-            path=venv.path,
-            python=profile["python"],
-        )
-        not_roots = first_not_owned(venv.path, "root", 0)
-        if not_roots:
-            server.shell(
-                name=f"Give {venv.path} back to root (it held files of another user)",
-                commands=[f"chown -hR root:root {venv.path}"],
-            )
+        path = shlex.quote(venv.path)
+        done.append(f"[ -f {path}/bin/activate ]")
+        commands += [
+            f"[ -f {path}/bin/activate ] || {profile['python']} -m venv {path}",
+            f"{owned_by_test(venv.path, 'root', 0)} || chown -hR root:root {path}",
+        ]
         if venv.link:
-            files.link(
-                name=f"Link {venv.link} to {venv.path}",
-                path=venv.link,
-                target=venv.path,
-                user=stack.user.name,
-                group=stack.user.name,
-            )
+            link, owner = shlex.quote(venv.link), f"{stack.user.name}:{stack.user.name}"
+            done.append(f'[ "$(readlink {link})" = {path} ] && [ "$(stat -c %U:%G {link})" = {owner} ]')
+            commands.append(f"ln -sfn {path} {link} && chown -h {owner} {link}")
+    ops.shell_unless(
+        name=f"Create the Python environments, root's ({', '.join(v.path for v in stack.venvs.values())})",
+        done=" && ".join(done),
+        commands=commands,
+    )
 
 
 def mount_models_filesystem(stack: Stack) -> None:
@@ -143,8 +127,13 @@ def mount_models_filesystem(stack: Stack) -> None:
         return
 
     # One fact answers three questions: does the device exist, does it hold a filesystem, its UUID.
-    probe = remote_output(
-        f"if [ -b {fs.device} ]; then blkid -o export {fs.device} || echo NOFS=1; else echo MISSING=1; fi",
+    # Read while planning, on purpose: a refusal comes before the first change.
+    probe = (
+        host.get_fact(
+            Command,
+            command=f"if [ -b {fs.device} ]; then blkid -o export {fs.device} || echo NOFS=1; else echo MISSING=1; fi",
+        )
+        or ""
     )
     found = dict(line.split("=", 1) for line in probe.splitlines() if "=" in line)
     if "MISSING" in found:

@@ -10,20 +10,13 @@ from pathlib import Path
 
 from pyinfra import host, logger
 from pyinfra.api import deploy
-from pyinfra.operations import files, server
+from pyinfra.operations import files
 
 from kca_stack import Service, Stack
 
-from .docker import (
-    COMPOSE,
-    COMPOSE_PORTS,
-    JINJA,
-    compose_up,
-    published_lines,
-    render_with_secrets,
-    secret_placeholder,
-)
-from .util import CACHE_DIR, put_json, remote_output, sha256_of
+from . import ops
+from .docker import COMPOSE, COMPOSE_PORTS, compose_up, published_lines, render_with_secrets, secret_placeholder
+from .util import CACHE_DIR, sha256_of
 
 SOURCE = "tasks/dify.py"
 ENV_TEMPLATE = "templates/opt/ai-platform/dify-official/docker/env.j2"
@@ -66,6 +59,11 @@ def expected_published(stack: Stack) -> list[tuple[str, str, int, int]]:
     return [(compose_name(s), s.bind, p.number, p.target) for s in services(stack) for p in s.ports]
 
 
+def _empty_row() -> dict:
+    """Every key the override template reads (it renders with StrictUndefined, as the deploy does)."""
+    return {"ports": [], "environment": [], "networks": [], "extra_hosts": []}
+
+
 def override_services(stack: Stack) -> list[dict]:
     """Ports upstream does not publish itself go in the override; a port variable upstream also
     reads as a plain port (the API's plugin install port) is set back to the plain number there; the
@@ -75,9 +73,9 @@ def override_services(stack: Stack) -> list[dict]:
     for s in services(stack):
         for p in s.ports:
             if upstream_port_var(stack, s, p) is None:
-                rows.setdefault(compose_name(s), {"ports": [], "environment": []})["ports"].append(port_spec(s, p))
+                rows.setdefault(compose_name(s), _empty_row())["ports"].append(port_spec(s, p))
     for name, upstream_networks in stack.dify["host_service_clients"].items():
-        row = rows.setdefault(name, {"ports": [], "environment": []})
+        row = rows.setdefault(name, _empty_row())
         row["networks"] = [*upstream_networks, stack.network.docker_network]
         row["extra_hosts"] = ["host.docker.internal:host-gateway"]
     values = dict(port_vars(stack))
@@ -85,7 +83,7 @@ def override_services(stack: Stack) -> list[dict]:
         if var in values:
             plain = values[var].rsplit(":", 1)[-1]
             for compose_service, key in readers:
-                rows.setdefault(compose_service, {"ports": [], "environment": []})["environment"].append((key, plain))
+                rows.setdefault(compose_service, _empty_row())["environment"].append((key, plain))
     return [{"name": name, **row} for name, row in sorted(rows.items())]
 
 
@@ -140,43 +138,44 @@ def archive_name(stack: Stack) -> str:
 
 
 def fetch_release(stack: Stack, folder: str):
-    """The release's docker/ folder, once per (tag, sha256). Returns the operation, or None when the
-    wanted release is already there."""
+    """The release's docker/ folder, once per (tag, sha256): the archive is fetched (or uploaded) and
+    checked by its sha256, then unpacked when the folder holds another release. Returns the unpack."""
     cfg = stack.dify
+    url = cfg["archive_url"].format(tag=cfg["tag"])
     if not cfg.get("sha256"):
-        url = cfg["archive_url"].format(tag=cfg["tag"])
         raise SystemExit(
             f"{host.name}: dify.sha256 is unset, so the Dify {cfg['tag']} archive cannot be checked; nothing "
             f"was fetched. Fix: run `curl -fsSL {url} | sha256sum` once and set dify.sha256 in group_data/all.py."
         )
-    marker = f"{folder}/.kca-release"
-    wanted = f"{cfg['tag']} {cfg['sha256']}"
-    if remote_output(f"cat {marker} 2>/dev/null || true") == wanted:
-        return None
-
     archives = str(Path(folder).parent / "archives")
     archive = f"{archives}/{archive_name(stack)}"
-    files.directory(name=f"Create {archives}", path=archives, mode="0755")
+    ops.directories(name=f"Create {archives}", dirs=[ops.HostDirectory(archives, mode="0755")])
     if cfg["source"] == "upload":
         local = CACHE_DIR / "downloads" / archive_name(stack)
         if not local.exists() or sha256_of(local) != cfg["sha256"]:
             raise SystemExit(
                 f"dify.source is upload: {local} is missing or its sha256 is not {cfg['sha256']}. Fix: put the "
-                f"release archive ({cfg['archive_url'].format(tag=cfg['tag'])}) there."
+                f"release archive ({url}) there."
             )
-        files.put(name=f"Upload the Dify {cfg['tag']} archive", src=str(local), dest=archive, mode="0644")
-        download = []
+        ops.install_files(
+            name=f"Upload the Dify {cfg['tag']} archive", files=[ops.HostFile(archive, src=local, mode="0644")]
+        )
     else:
-        url = shlex.quote(cfg["archive_url"].format(tag=cfg["tag"]))
-        download = [f"curl -fsSL {url} -o {archive}.part", f"mv {archive}.part {archive}"]
-    return server.shell(
+        files.download(
+            name=f"Fetch the Dify {cfg['tag']} archive (checked by sha256)",
+            src=url,
+            dest=archive,
+            sha256sum=cfg["sha256"],
+            mode="0644",
+        )
+    return ops.stamped(
         name=f"Unpack Dify {cfg['tag']}'s docker/ folder into {folder}",
+        stamp=f"{folder}/.kca-release",
+        wanted=f"{cfg['tag']} {cfg['sha256']}",
         commands=[
-            *download,
             f"echo '{cfg['sha256']}  {archive}' | sha256sum -c --quiet",
             # GitHub's tarball holds dify-<tag>/docker/...; .env, the override and volumes/*/data are ours.
             f"tar -xzf {archive} -C {folder} --strip-components=2 --wildcards '*/docker/*'",
-            f"echo '{wanted}' > {marker}",
         ],
     )
 
@@ -194,24 +193,18 @@ def deploy_dify(stack: Stack) -> None:
 
     release = fetch_release(stack, folder)
     env_ops = render_with_secrets("Dify environment", ENV_TEMPLATE, f"{folder}/.env", env_context(stack))
-    override = files.template(
+    override = ops.install_files(
         name=f"Install {folder}/docker-compose.override.yaml",
-        src=OVERRIDE_TEMPLATE,
-        dest=f"{folder}/docker-compose.override.yaml",
-        mode="0644",
-        user="root",
-        group="root",
-        jinja_env_kwargs=JINJA,
-        **override_context(stack),
+        files=[ops.template(OVERRIDE_TEMPLATE, f"{folder}/docker-compose.override.yaml", **override_context(stack))],
     )
-
-    files.put(
-        name="Install kca-compose-secrets (checks the secrets of a merged compose configuration)",
-        src="files/usr/local/sbin/kca-compose-secrets",
-        dest=SECRETS_CHECK,
-        mode="0755",
+    # kca-compose-secrets checks the secrets of a merged compose configuration, by these rules.
+    rules = ops.install_files(
+        name="Install kca-compose-secrets and the rules of Dify's configuration check",
+        files=[
+            ops.HostFile(SECRETS_CHECK, src=f"files{SECRETS_CHECK}", mode="0755"),
+            ops.json_file(secrets_rules(stack), SECRETS_RULES),
+        ],
     )
-    rules = put_json("Install the rules of Dify's configuration check", secrets_rules(stack), SECRETS_RULES)
 
     if not stack.docker["pull_images"]:
         logger.warning(f"{host.name}: images cannot be pulled here (docker.pull_images is false): Dify is not started.")
@@ -228,4 +221,10 @@ def deploy_dify(stack: Stack) -> None:
     )
     secrets_check = f"{config} | {SECRETS_CHECK} {SECRETS_RULES}"
     changed = [release, override, rules, *env_ops]
-    compose_up("Dify", PROJECT, folder, [], changed, checks=[ports_check, secrets_check])
+    compose_up(
+        name="Converge Dify (docker compose up -d)",
+        project=PROJECT,
+        folder=folder,
+        triggers=changed,
+        checks=[ports_check, secrets_check],
+    )

@@ -5,26 +5,28 @@ the compose projects use; and `compose_up`, which converges a project."""
 
 from __future__ import annotations
 
-import posixpath
 import shlex
+from collections.abc import Sequence
 
 from pyinfra import host
-from pyinfra.api import deploy
-from pyinfra.facts.files import File
-from pyinfra.operations import apt, files, server, systemd
+from pyinfra.api import FactBase, deploy, operation
+from pyinfra.api.exceptions import OperationError
+from pyinfra.facts.server import Command
+from pyinfra.operations import systemd
 
 from kca_stack import Stack
 
-from .base import fetch_signing_key, os_profile, packages_missing
-from .util import local_artifact, put_json, remote_output
+from . import ops
+from .base import fetch_signing_key, os_profile
+from .util import local_artifact
 
 SOURCE = "tasks/docker.py"
 RENDER_SECRETS = "/usr/local/sbin/kca-render-secrets"
 COMPOSE_PORTS = "/usr/local/sbin/kca-compose-ports"
 COMPOSE_STATE = "/usr/local/sbin/kca-compose-state"
 DAEMON_JSON = "/etc/docker/daemon.json"
+# Where the host keeps the files it renders with the secrets, their secrets still placeholders.
 SECRET_TEMPLATES = "/etc/kca/templates"
-JINJA = {"trim_blocks": True, "lstrip_blocks": True}
 BRIDGE_NAME_OPTION = "com.docker.network.bridge.name"
 
 
@@ -54,63 +56,73 @@ def docker_ce_packages(stack: Stack) -> list[str]:
 @deploy("Docker engine")
 def deploy_docker(stack: Stack):
     """Returns the operations whose change means containers should be recreated (daemon.json)."""
+    helpers = [
+        ops.HostFile(RENDER_SECRETS, src=f"files{RENDER_SECRETS}", mode="0755"),
+        ops.HostFile(COMPOSE_PORTS, src=f"files{COMPOSE_PORTS}", mode="0755"),
+        ops.HostFile(COMPOSE_STATE, src=f"files{COMPOSE_STATE}", mode="0755"),
+    ]
     if stack.docker["engine"] == "docker-ce":
         install_docker_ce(stack)
     else:
-        wanted = list(stack.docker["debian_packages"])
-        apt.packages(
-            name=f"Install {', '.join(wanted)} (Debian's Docker)",
-            packages=wanted,
-            update=bool(packages_missing(wanted)),
-            no_recommends=True,
+        ops.packages(
+            name=f"Install {', '.join(stack.docker['debian_packages'])} (Debian's Docker)",
+            packages=list(stack.docker["debian_packages"]),
         )
         compose = stack.artifacts[stack.docker["compose_artifact"]]
-        plugin = stack.docker["compose_plugin_path"]
-        files.directory(name=f"Create {posixpath.dirname(plugin)}", path=posixpath.dirname(plugin), mode="0755")
-        files.put(
-            name=f"Install Docker Compose v2 as the docker CLI plugin ({compose.pip})",
-            src=str(local_artifact(compose)),
-            dest=plugin,
-            mode="0755",
-        )
+        helpers.append(ops.HostFile(stack.docker["compose_plugin_path"], src=local_artifact(compose), mode="0755"))
 
-    files.directory(name="Create /etc/docker", path="/etc/docker", mode="0755")
-    daemon_json = put_json("Configure the Docker daemon (log rotation, runtimes)", daemon_config(stack), DAEMON_JSON)
-    systemd.service(name="Enable and start docker", service="docker.service", enabled=True, running=True)
+    # kca-render-secrets builds a compose project's environment from its template and the secrets;
+    # kca-compose-ports and kca-compose-state read a project's merged configuration and its state.
+    ops.directories(
+        name=f"Create {SECRET_TEMPLATES}", dirs=[ops.HostDirectory(SECRET_TEMPLATES, "root", "root", "0700")]
+    )
+    ops.install_files(name="Install the Docker helpers (Compose v2, kca-render-secrets, kca-compose-*)", files=helpers)
+    daemon_json = ops.install_files(
+        name="Configure the Docker daemon (log rotation, runtimes)",
+        files=[ops.json_file(daemon_config(stack), DAEMON_JSON)],
+    )
+    ops.units_running(name="Enable and start docker", units=[("docker.service", True, True)])
     systemd.service(
         name="Restart docker (daemon.json changed)",
         service="docker.service",
         restarted=True,
         _if=daemon_json.did_change,
     )
-
-    network = stack.network.docker_network
-    bridge = stack.network.docker_network_bridge
-    # The bridge's name is fixed at creation (the firewall opens the internal ports to it alone) and
-    # cannot be changed on a network that exists: a network made without it is named, never replaced.
-    found = remote_output(
-        f"docker network inspect -f '{{{{index .Options \"{BRIDGE_NAME_OPTION}\"}}}}' {shlex.quote(network)}"
-        " 2>/dev/null || echo absent"
-    )
-    if found not in ("absent", bridge):
-        raise SystemExit(
-            f"{host.name}: the Docker network {network} exists with bridge {found or 'br-<id>'}, the data says "
-            f"{bridge}; the firewall would keep its containers from the internal ports. Nothing was changed. Fix: "
-            f"stop the projects on it (docker compose -p openwebui down), `docker network rm {network}`, deploy again."
-        )
-    if found == "absent":
-        server.shell(
-            name=f"Create the Docker network {network} (bridge {bridge})",
-            # Guarded again on the host: the fact was read before Docker was installed on a new host.
-            commands=[
-                f"docker network inspect {shlex.quote(network)} >/dev/null 2>&1"
-                f" || docker network create --driver bridge -o {BRIDGE_NAME_OPTION}={shlex.quote(bridge)}"
-                f" {shlex.quote(network)}"
-            ],
-        )
-
-    install_helpers()
+    name, bridge = stack.network.docker_network, stack.network.docker_network_bridge
+    network(name=f"Create the Docker network {name} (bridge {bridge})", network=name, bridge=bridge)
     return [daemon_json]
+
+
+class NetworkBridge(FactBase[str]):
+    """The bridge interface of a Docker network: 'absent' when there is no such network, '' when it
+    was created without a fixed name."""
+
+    def command(self, network: str) -> str:
+        template = f'{{{{index .Options "{BRIDGE_NAME_OPTION}"}}}}'
+        return f"docker network inspect -f {shlex.quote(template)} {shlex.quote(network)} 2>/dev/null || echo absent"
+
+    def process(self, output: list[str]) -> str:
+        return output[-1].strip() if output else ""
+
+
+@operation()
+def network(network: str, bridge: str):
+    """The shared Docker network, with the bridge name the firewall opens the internal ports to. That
+    name is fixed at creation and cannot be changed on a network that exists: a network made without
+    it is named, never replaced."""
+    found = host.get_fact(NetworkBridge, network=network)
+    if found == bridge:
+        host.noop(f"the Docker network {network} exists with bridge {bridge}")
+        return
+    if found != "absent":
+        raise OperationError(
+            f"the Docker network {network} exists with bridge {found or 'br-<id>'}, the data says {bridge}; the "
+            f"firewall would keep its containers from the internal ports. This step changed nothing. Fix: stop the "
+            f"projects on it (docker compose -p openwebui down), `docker network rm {network}`, deploy again."
+        )
+    yield (
+        f"docker network create --driver bridge -o {BRIDGE_NAME_OPTION}={shlex.quote(bridge)} {shlex.quote(network)}"
+    )
 
 
 def install_docker_ce(stack: Stack) -> None:
@@ -119,13 +131,8 @@ def install_docker_ce(stack: Stack) -> None:
     distro = profile["distro"]
     keyring = repo["keyring"]
 
-    apt.packages(
-        name="Install what checks Docker's repository key",
-        packages=["ca-certificates", "curl", "gnupg"],
-        update=bool(packages_missing(["ca-certificates", "curl", "gnupg"])),
-        no_recommends=True,
-    )
-    files.directory(name="Create /etc/apt/keyrings", path="/etc/apt/keyrings", mode="0755")
+    ops.packages(name="Install what checks Docker's repository key", packages=["ca-certificates", "curl", "gnupg"])
+    ops.directories(name="Create /etc/apt/keyrings", dirs=[ops.HostDirectory("/etc/apt/keyrings", mode="0755")])
     fetch_signing_key(
         "Docker's repository key",
         repo["key_url"].format(distro=distro),
@@ -133,75 +140,53 @@ def install_docker_ce(stack: Stack) -> None:
         repo["key_fingerprint"],
         dearmor=False,
     )
-    arch = remote_output("dpkg --print-architecture") or "amd64"
-    sources = files.template(
+    sources = ops.install_files(
         name="Add Docker's apt repository",
-        src="templates/etc/apt/sources.list.d/docker.sources.j2",
-        dest="/etc/apt/sources.list.d/docker.sources",
-        mode="0644",
-        source=SOURCE,
-        url=repo["url"].format(distro=distro),
-        suite=profile["codename"],
-        components=repo["components"],
-        arch=arch,
-        keyring=keyring,
+        files=[
+            ops.template(
+                "templates/etc/apt/sources.list.d/docker.sources.j2",
+                "/etc/apt/sources.list.d/docker.sources",
+                source=SOURCE,
+                url=repo["url"].format(distro=distro),
+                suite=profile["codename"],
+                components=repo["components"],
+                arch=host.get_fact(Command, command="dpkg --print-architecture") or "amd64",
+                keyring=keyring,
+            )
+        ],
     )
-    apt.update(name="Refresh the package index (Docker's repository changed)", _if=sources.did_change)
-    pinned = docker_ce_packages(stack)
-    apt.packages(
-        name=f"Install Docker ({', '.join(pinned)})",
-        packages=pinned,
-        no_recommends=True,
+    ops.packages(
+        name=f"Install Docker ({', '.join(docker_ce_packages(stack))})",
+        packages=docker_ce_packages(stack),
         # A downgrade to the pinned version is what the data asks for.
         allow_downgrades=True,
-        # Refresh the index only when something must be installed: a converged host stays quiet.
-        update=bool(packages_missing([p.split("=")[0] for p in pinned])),
+        # A changed repository is read before anything is installed from it.
+        update=True,
     )
+    return sources
 
 
-def install_helpers() -> None:
-    files.directory(name=f"Create {SECRET_TEMPLATES}", path=SECRET_TEMPLATES, mode="0700")
-    files.put(
-        name="Install kca-render-secrets (puts the host's secrets into rendered files)",
-        src="files/usr/local/sbin/kca-render-secrets",
-        dest=RENDER_SECRETS,
-        mode="0755",
-    )
-    files.put(
-        name="Install kca-compose-ports (what a compose project publishes)",
-        src="files/usr/local/sbin/kca-compose-ports",
-        dest=COMPOSE_PORTS,
-        mode="0755",
-    )
-    files.put(
-        name="Install kca-compose-state (whether a compose project is converged)",
-        src="files/usr/local/sbin/kca-compose-state",
-        dest=COMPOSE_STATE,
-        mode="0755",
-    )
-
-
-def compose_up(label: str, project: str, folder: str, compose_args: list[str], changed: list, checks=(), wait=0):
+@operation()
+def compose_up(project: str, folder: str, compose_args: Sequence[str] = (), triggers: Sequence = (), checks=(), wait=0):
     """Converge a compose project with `docker compose up -d`, which is idempotent.
 
-    It runs when the project was not converged at planning (a container missing, stopped or built
-    from another configuration: a deploy interrupted half-way is finished by the next one), or when
-    a file the project reads changed during this run. `checks` run first and stop it on failure.
-    `wait` (seconds): wait until every service is running and healthy, so the deploy ends with the
-    application answering (its first start migrates a database)."""
+    It runs when the project is not converged (a container missing, stopped or built from another
+    configuration: a deploy interrupted half-way is finished by the next one), or when one of
+    `triggers` (an operation that wrote a file the project reads) changed the host. `checks` run first
+    and stop it on failure. `wait` (seconds): wait until every service is running and healthy, so the
+    deploy ends with the application answering (its first start migrates a database)."""
     files_args = " ".join(shlex.quote(a) for a in compose_args)
+    state = host.get_fact(
+        ops.ShellTest,
+        test=f'cd {shlex.quote(folder)} && [ "$({COMPOSE_STATE} {shlex.quote(project)} {files_args})" = converged ]',
+    )
+    if state and not ops.changed(triggers):
+        host.noop(f"the compose project {project} is converged")
+        return
     args = f"-p {shlex.quote(project)} {files_args}".strip()
-    state = remote_output(
-        f"cd {shlex.quote(folder)} && {COMPOSE_STATE} {shlex.quote(project)} {files_args} 2>/dev/null || echo pending"
-    )
-    pending = state != "converged"
     up = f"{COMPOSE} {args} up -d --remove-orphans" + (f" --wait --wait-timeout {wait}" if wait else "")
-    return server.shell(
-        name=f"Converge {label} (docker compose up -d)",
-        commands=[*checks, up],
-        _chdir=folder,
-        _if=lambda: pending or any(op.did_change() for op in changed if op is not None),
-    )
+    for command in [*checks, up]:
+        yield f"cd {shlex.quote(folder)} && {command}"
 
 
 def secret_placeholder(secret: str | None) -> str:
@@ -215,23 +200,16 @@ def render_with_secrets(label: str, template: str, dest: str, context: dict):
     missing, so a converged host reports no change. Returns the operations whose change means
     `dest` changed."""
     staged = f"{SECRET_TEMPLATES}/{dest.strip('/').replace('/', '_')}.in"
-    uploaded = files.template(
+    uploaded = ops.install_files(
         name=f"Upload the {label} template (secrets as placeholders)",
-        src=template,
-        dest=staged,
-        mode="0600",
-        user="root",
-        group="root",
-        jinja_env_kwargs=JINJA,
-        **context,
+        files=[ops.template(template, staged, mode="0600", **context)],
     )
-    command = f"{RENDER_SECRETS} {shlex.quote(staged)} {shlex.quote(dest)} 0600"
-    if host.get_fact(File, path=dest):
-        rendered = server.shell(
-            name=f"Render {dest} with the host's secrets", commands=[command], _if=uploaded.did_change
-        )
-    else:
-        rendered = server.shell(name=f"Render {dest} with the host's secrets (missing)", commands=[command])
+    rendered = ops.shell_unless(
+        name=f"Render {dest} with the host's secrets",
+        done=f"[ -e {shlex.quote(dest)} ]",
+        commands=[f"{RENDER_SECRETS} {shlex.quote(staged)} {shlex.quote(dest)} 0600"],
+        triggers=[uploaded],
+    )
     return [uploaded, rendered]
 
 

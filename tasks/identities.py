@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.facts.server import Users
-from pyinfra.operations import server
 
 from kca_stack import Stack
+
+from . import ops
 
 NOLOGIN = "/usr/sbin/nologin"
 # Debian's home for accounts that have none.
@@ -45,29 +45,23 @@ def id_conflicts(stack: Stack, users: dict[str, dict]) -> list[str]:
     return problems
 
 
+def accounts(stack: Stack) -> list[ops.Account]:
+    """kca, then one system account per service identity."""
+    kca = ops.Account(stack.user.name, stack.user.uid, stack.user.home, stack.user.shell, create_home=True)
+    identities = [
+        ops.Account(identity.name, identity.uid, NO_HOME, NOLOGIN, system=True)
+        for identity in stack.service_users.values()
+    ]
+    return [kca, *identities]
+
+
 @deploy("Service identities")
 def deploy_identities(stack: Stack) -> None:
-    problems = id_conflicts(stack, host.get_fact(Users))
+    # Read while planning, on purpose: a refusal comes before the first change.
+    problems = id_conflicts(stack, host.get_fact(ops.Passwd))
     if problems:
         lines = "\n".join(f"  - {p}" for p in problems)
         raise SystemExit(
             f"{host.name}: refusing to deploy, account ids differ from the data:\n{lines}\nNothing was changed."
         )
-    for key, identity in stack.service_users.items():
-        server.group(
-            name=f"Create the group {identity.name} ({identity.uid})",
-            group=identity.name,
-            gid=identity.uid,
-            system=True,
-        )
-        server.user(
-            name=f"Create the service user {identity.name} ({identity.uid}, runs {key})",
-            user=identity.name,
-            uid=identity.uid,
-            group=identity.name,
-            system=True,
-            home=NO_HOME,
-            shell=NOLOGIN,
-            create_home=False,
-            ensure_home=False,
-        )
+    ops.accounts(name="Create kca and one system account per service identity", wanted=accounts(stack))

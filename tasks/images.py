@@ -13,14 +13,12 @@ import hashlib
 import posixpath
 import shlex
 
-import jinja2
-from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.operations import files, server
 
 from kca_stack import Stack
 
-from .util import remote_output, streamed_shell
+from . import ops
+from .render import render
 
 SOURCE = "tasks/images.py"
 DOCKERFILE_TEMPLATE = "templates/opt/ai-platform/images/Dockerfile.j2"
@@ -48,9 +46,13 @@ def dockerfile_context(stack: Stack, title: str, build: dict, venv: str, port: i
 
 
 def render_dockerfile(context: dict) -> str:
-    with open(DOCKERFILE_TEMPLATE) as f:
-        template = jinja2.Template(f.read(), trim_blocks=True, lstrip_blocks=True)
-    return template.render(**context)
+    return render(DOCKERFILE_TEMPLATE, **context)
+
+
+def recipe_of(dockerfile: str) -> str:
+    """The image's recipe: a digest of its Dockerfile. Taken without the file's final newline, as the
+    recipes of the images already built and cached were (a new digest would rebuild them all)."""
+    return hashlib.sha256(dockerfile.removesuffix("\n").encode()).hexdigest()[:16]
 
 
 @deploy("Local images")
@@ -62,43 +64,29 @@ def build_local_image(stack: Stack, image: str, ref: str, title: str, build: dic
     venv = f"{context_dir}/venv"
     context = dockerfile_context(stack, title, build, venv, port)
     # What the image is made of: the Dockerfile names the base, the packages and the settings.
-    recipe = hashlib.sha256(render_dockerfile(context).encode()).hexdigest()[:16]
+    dockerfile = render_dockerfile(context)
+    recipe = recipe_of(dockerfile)
 
-    files.put(
+    ops.install_files(
         name="Install kca-build-image (builds an image from registry packages)",
-        src="files/usr/local/sbin/kca-build-image",
-        dest=BUILD_IMAGE,
-        mode="0755",
+        files=[ops.HostFile(BUILD_IMAGE, src=f"files{BUILD_IMAGE}", mode="0755")],
     )
-    base = local["base_image"]
-    if remote_output(f"docker image inspect --format ok {shlex.quote(base)} 2>/dev/null || true") != "ok":
-        rootfs = shlex.quote(local["base_rootfs"])
-        server.shell(
-            name=f"Import the base image {base} from {local['base_rootfs']}",
-            commands=[
-                f"docker image inspect {shlex.quote(base)} >/dev/null 2>&1"
-                f" || zstd -dc {rootfs} | docker import - {shlex.quote(base)}"
-            ],
-        )
-    files.directory(name=f"Create {context_dir}", path=context_dir, mode="0755")
-    files.template(
+    base = shlex.quote(local["base_image"])
+    ops.shell_unless(
+        name=f"Import the base image {local['base_image']} from {local['base_rootfs']}",
+        done=f"docker image inspect {base}",
+        commands=[f"zstd -dc {shlex.quote(local['base_rootfs'])} | docker import - {base}"],
+    )
+    ops.install_files(
         name=f"Install the Dockerfile of {ref}",
-        src=DOCKERFILE_TEMPLATE,
-        dest=f"{context_dir}/Dockerfile",
-        mode="0644",
-        jinja_env_kwargs={"trim_blocks": True, "lstrip_blocks": True},
-        **context,
+        files=[ops.HostFile(f"{context_dir}/Dockerfile", text=dockerfile)],
     )
-    label = remote_output(
-        f"docker image inspect --format '{{{{ index .Config.Labels \"kca.recipe\" }}}}' {shlex.quote(ref)}"
-        " 2>/dev/null || true"
-    )
-    if label == recipe:
-        host.noop(f"{ref} is present (recipe {recipe})")
-        return None
+    label = '{{ index .Config.Labels "kca.recipe" }}'
     cache = f"{local['cache_dir']}/{image}-{recipe}.tar.zst" if local.get("cache_dir") else ""
     argv = [BUILD_IMAGE, ref, recipe, context_dir, cache, *build["python_packages"]]
-    return streamed_shell(
+    return ops.shell_unless(
         name=f"Build or load {ref} (recipe {recipe})",
+        done=f'[ "$(docker image inspect --format {shlex.quote(label)} {shlex.quote(ref)})" = {recipe} ]',
         commands=[" ".join(shlex.quote(a) for a in argv)],
+        stream=True,
     )

@@ -13,11 +13,11 @@ import json
 import shlex
 
 from pyinfra.api import deploy
-from pyinfra.operations import files, server
 
 from kca_stack import Stack
 
-from .util import first_not_owned, local_artifact, remote_output, streamed_shell
+from . import ops
+from .util import local_artifact, owned_by_test
 
 
 def layout(stack: Stack) -> dict[str, str]:
@@ -47,36 +47,37 @@ def build_id(stack: Stack) -> str:
 
 @deploy("llama.cpp")
 def deploy_llama_cpp(stack: Stack):
-    """Returns the build operation (or None when the installed build is already the wanted one), so
-    that the services can restart on `_if=build.did_change`."""
+    """Returns the build operation, so that the services can restart on `_if=build.did_change`."""
     where = layout(stack)
     cpp = stack.llama_cpp
     wanted = build_id(stack)
-    owner = {"user": stack.user.name, "group": stack.user.name}
+    user = stack.user.name
     ccache_dir = "/var/cache/ccache"
+    trees = [where["root"], *([ccache_dir] if cpp.ccache else [])]
 
+    ops.directories(
+        name="Create the llama.cpp folders",
+        dirs=[
+            *(ops.HostDirectory(tree, user, user) for tree in trees),
+            ops.HostDirectory(where["bin"], user, user, "0755"),
+            *([ops.HostDirectory(where["archives"], user, user)] if cpp.source == "archive" else []),
+        ],
+    )
     # Trees an older, root-run build left behind go to kca first (chown -h: links themselves, never what
     # they point at); then nothing in them is root's.
-    for tree in (where["root"], *([ccache_dir] if cpp.ccache else [])):
-        files.directory(name=f"Create {tree}", path=tree, **owner)
-        if first_not_owned(tree, stack.user.name, stack.user.uid):
-            server.shell(
-                name=f"Give {tree} to {stack.user.name} (the build runs as {stack.user.name})",
-                commands=[f"chown -hR {stack.user.name}:{stack.user.name} {tree}"],
-            )
-    files.directory(name="Create the llama.cpp binaries folder", path=where["bin"], mode="0755", **owner)
+    ops.shell_unless(
+        name=f"Give the llama.cpp trees to {user} (the build runs as {user})",
+        done=" && ".join(owned_by_test(tree, user, stack.user.uid) for tree in trees),
+        commands=[f"chown -hR {user}:{user} {' '.join(trees)}"],
+    )
 
     fetch: list[str]
     if cpp.source == "archive":
         artifact = stack.artifacts[cpp.archive]
         archive = f"{where['archives']}/{artifact.file}"
-        files.directory(name="Create the llama.cpp archive folder", path=where["archives"], **owner)
-        files.put(
+        ops.install_files(
             name=f"Upload the pinned llama.cpp source archive ({artifact.file})",
-            src=str(local_artifact(artifact)),
-            dest=archive,
-            mode="0644",
-            **owner,
+            files=[ops.HostFile(archive, src=local_artifact(artifact), mode="0644", user=user, group=user)],
         )
         depth = len(artifact.subdir.strip("/").split("/")) if artifact.subdir else 0
         fetch = [
@@ -93,10 +94,6 @@ def deploy_llama_cpp(stack: Stack):
             f"git -C {where['src']} checkout --force --detach {cpp.git_ref}",
         ]
 
-    installed = remote_output(f"cat {where['build_id']} 2>/dev/null || true")
-    if installed == wanted:
-        return None
-
     flags = " ".join(shlex.quote(f) for f in stack.llama_cmake_flags())
     targets = " ".join(f"-t {t}" for t in cpp.targets)
     env = f"export CCACHE_DIR={ccache_dir}; " if cpp.ccache else ""
@@ -107,8 +104,11 @@ def deploy_llama_cpp(stack: Stack):
         f"mv -f {where['bin']}/.{t}.new {where['bin']}/{t}"
         for t in cpp.targets
     )
-    return streamed_shell(
-        name=f"Build llama.cpp {cpp.git_ref[:10]} ({'CUDA' if stack.gpu.present else 'CPU'}, id {wanted})",
+    # The build's identity in the stamp, not the commit: a changed flag rebuilds too.
+    return ops.stamped(
+        name=f"Build llama.cpp {cpp.git_ref[:10]} ({'CUDA' if stack.gpu.present else 'CPU'})",
+        stamp=where["build_id"],
+        wanted=wanted,
         # Each command runs in kca's own folder (sudo keeps root's working directory, which kca cannot read).
         commands=[
             f"cd {where['root']} && {command}"
@@ -124,9 +124,9 @@ def deploy_llama_cpp(stack: Stack):
                     "| grep --line-buffered -E '^\\[ *[0-9]+%\\]' | awk 'NR % 10 == 1 { print; fflush() }'"
                 ),
                 install,
-                f"echo {wanted} > {where['build_id']}",
             ]
         ],
+        stream=True,
         _sudo=True,
-        _sudo_user=stack.user.name,
+        _sudo_user=user,
     )

@@ -5,18 +5,17 @@ from __future__ import annotations
 
 import json
 import shlex
-from io import BytesIO
 
 from pyinfra import host, logger
 from pyinfra.api import deploy
-from pyinfra.operations import files, git, server
+from pyinfra.operations import git
 
 from kca_stack import Service, Stack
 
-from . import llama_cpp
+from . import llama_cpp, ops
 from .python_envs import ensure_packages
 from .units import UnitSpec
-from .util import remote_output, systemd_command_line
+from .util import systemd_command_line
 
 SOURCE = "tasks/llm.py"
 
@@ -149,16 +148,15 @@ def deploy_vllm(stack: Stack):
                 group=stack.user.name,
             )
         )
-    linked = remote_output(f"{venv.path}/bin/python -m pip show hcx-vllm-plugin 2>/dev/null | grep -c Location || true")
-    if linked != "1" or any(c.will_change for c in changes):
-        changes.append(
-            server.shell(
-                name="Install the HyperCLOVA X plugin into the vLLM venv (editable)",
-                commands=[
-                    f"{venv.path}/bin/pip install --no-deps -e {plugin.path}",
-                ],
-            )
+    # Again after a new vLLM or a new checkout of the plugin.
+    changes.append(
+        ops.shell_unless(
+            name="Install the HyperCLOVA X plugin into the vLLM venv (editable)",
+            done=f"{venv.path}/bin/python -m pip show hcx-vllm-plugin | grep -q Location",
+            commands=[f"{venv.path}/bin/pip install --no-deps -e {plugin.path}"],
+            triggers=list(changes),
         )
+    )
     return changes
 
 
@@ -181,19 +179,10 @@ def install_switch(stack: Stack):
         },
         "scenarios": {sc.name: list(sc.services) for sc in stack.scenarios.values()},
     }
-    files.put(
-        name="Install the GPU scenario data for kca-gpu-switch",
-        src=_json_file(config),
-        dest="/etc/kca/gpu-scenarios.json",
-        mode="0644",
+    ops.install_files(
+        name="Install kca-gpu-switch and the GPU scenario data it reads",
+        files=[
+            ops.json_file(config, "/etc/kca/gpu-scenarios.json"),
+            ops.HostFile("/usr/local/bin/kca-gpu-switch", src="files/usr/local/bin/kca-gpu-switch", mode="0755"),
+        ],
     )
-    files.put(
-        name="Install kca-gpu-switch",
-        src="files/usr/local/bin/kca-gpu-switch",
-        dest="/usr/local/bin/kca-gpu-switch",
-        mode="0755",
-    )
-
-
-def _json_file(data) -> BytesIO:
-    return BytesIO((json.dumps(data, indent=2, sort_keys=True) + "\n").encode())

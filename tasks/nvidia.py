@@ -11,21 +11,61 @@ driver stays on the branch in data (an apt pin): a new branch is a decision, not
 
 from __future__ import annotations
 
-from io import BytesIO
-
 from pyinfra import host, logger
-from pyinfra.api import deploy
-from pyinfra.facts.files import File
+from pyinfra.api import deploy, operation
+from pyinfra.api.exceptions import OperationError
+from pyinfra.facts.server import Command
 from pyinfra.operations import apt, files, python, server
 
 from kca_stack import Stack
 
-from .base import fetch_signing_key, os_profile, packages_missing
-from .util import remote_output
+from . import ops
+from .base import fetch_signing_key, os_profile
+
+KEYRING_DEB = "/var/cache/apt/archives/kca-cuda-keyring.deb"
 
 
 def _reboot_required(message: str) -> None:
     logger.warning(message)
+
+
+@operation()
+def cuda_repository(url: str, sha256: str | None):
+    """NVIDIA's CUDA repository, through its keyring package (the repository signs everything else),
+    fetched by files.download and checked by its sha256."""
+    if host.get_fact(ops.PackageVersions, packages=["cuda-keyring"]):
+        host.noop("cuda-keyring is installed")
+        return
+    if not sha256:
+        raise OperationError(
+            "nvidia.cuda_keyring_sha256 is unset, so the cuda-keyring package cannot be checked; nothing was "
+            f"fetched. Fix: run `curl -fsSL {url} | sha256sum` once and set nvidia.cuda_keyring_sha256 in "
+            "group_data/all.py."
+        )
+    yield from files.download._inner(src=url, dest=KEYRING_DEB, sha256sum=sha256)
+    yield f"dpkg -i {KEYRING_DEB}"
+    yield "apt-get update -qq"
+
+
+@operation()
+def say_driver_age(min_major: int):
+    """A warning when the driver found is older than the GPU needs (this run installs the newer one)."""
+    installed = (
+        host.get_fact(
+            Command,
+            command="nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -n1 || true",
+        )
+        or ""
+    )
+    major = int(installed.split(".")[0]) if installed[:1].isdigit() else 0
+    if major and major < min_major:
+        logger.warning(
+            f"{host.name}: driver {installed} is older than {min_major}: "
+            "the RTX 5090 needs the newer open driver, which this run installs"
+        )
+    host.noop(f"driver {installed or 'none'} found")
+    return
+    yield
 
 
 @deploy("NVIDIA layer")
@@ -36,60 +76,41 @@ def deploy_nvidia(stack: Stack) -> None:
     nvidia = stack.nvidia
     repo = os_profile(stack)["nvidia_repo"]
 
-    # NVIDIA's CUDA repository, through its keyring package (the repository signs everything else).
-    if packages_missing(["cuda-keyring"]):
-        url = nvidia.cuda_keyring_url.format(repo=repo)
-        if not nvidia.cuda_keyring_sha256:
-            raise SystemExit(
-                f"{host.name}: nvidia.cuda_keyring_sha256 is unset, so the cuda-keyring package cannot be checked; "
-                f"nothing was fetched. Fix: run `curl -fsSL {url} | sha256sum` once and set "
-                "nvidia.cuda_keyring_sha256 in group_data/all.py."
-            )
-        keyring_deb = "/var/cache/apt/archives/kca-cuda-keyring.deb"
-        files.download(
-            name="Fetch NVIDIA's cuda-keyring package (checked by sha256)",
-            src=url,
-            dest=keyring_deb,
-            sha256sum=nvidia.cuda_keyring_sha256,
-        )
-        server.shell(
-            name="Add NVIDIA's CUDA repository (cuda-keyring)",
-            commands=[f"dpkg -i {keyring_deb}", "apt-get update -qq"],
-        )
+    cuda_repository(
+        name="Add NVIDIA's CUDA repository (cuda-keyring, checked by sha256)",
+        url=nvidia.cuda_keyring_url.format(repo=repo),
+        sha256=nvidia.cuda_keyring_sha256,
+    )
 
     # Before any driver package is chosen: apt may pick NVIDIA's packages only from the pinned branch.
     branch = nvidia.driver_branch
-    files.put(
+    ops.install_files(
         name=f"Pin the NVIDIA driver to branch {branch}",
-        src=BytesIO(
-            (
-                "# Managed by kca-ai-infra (tasks/nvidia.py): NVIDIA's driver stays on the branch in\n"
-                "# group_data (nvidia.driver_branch); other versions of these packages keep apt's default.\n"
-                f"Package: {' '.join(nvidia.driver_pin_packages)}\n"
-                f"Pin: version {branch}.*\n"
-                "Pin-Priority: 1001\n"
-            ).encode()
-        ),
-        dest="/etc/apt/preferences.d/kca-nvidia-driver",
-        mode="0644",
+        files=[
+            ops.HostFile(
+                "/etc/apt/preferences.d/kca-nvidia-driver",
+                text=(
+                    "# Managed by kca-ai-infra (tasks/nvidia.py): NVIDIA's driver stays on the branch in\n"
+                    "# group_data (nvidia.driver_branch); other versions of these packages keep apt's default.\n"
+                    f"Package: {' '.join(nvidia.driver_pin_packages)}\n"
+                    f"Pin: version {branch}.*\n"
+                    "Pin-Priority: 1001\n"
+                ),
+            )
+        ],
     )
 
-    installed = remote_output("nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -n1")
-    major = int(installed.split(".")[0]) if installed[:1].isdigit() else 0
-    if major and major < nvidia.driver_min_major:
-        logger.warning(
-            f"{host.name}: driver {installed} is older than {nvidia.driver_min_major}: "
-            "the RTX 5090 needs the newer open driver, which this run installs"
-        )
+    say_driver_age(name="Check the installed NVIDIA driver's version", min_major=nvidia.driver_min_major)
     # DKMS builds the open modules for every installed kernel, so kernel upgrades keep the driver.
-    driver = apt.packages(
+    driver = ops.packages(
         name=f"Install the NVIDIA driver ({', '.join(nvidia.driver_packages)}, open kernel modules)",
         packages=list(nvidia.driver_packages),
-        update=bool(packages_missing(list(nvidia.driver_packages))),
+        no_recommends=False,
     )
-    apt.packages(
+    ops.packages(
         name=f"Install the CUDA toolkit ({', '.join(nvidia.cuda_packages)})",
         packages=list(nvidia.cuda_packages),
+        no_recommends=False,
     )
     files.line(
         name="Put nvcc on the PATH of login shells",
@@ -99,21 +120,21 @@ def deploy_nvidia(stack: Stack) -> None:
 
     toolkit = nvidia.container_toolkit
     keyring = toolkit.keyring
-    if not host.get_fact(File, path=keyring):
-        apt.packages(name="Install gnupg (checks the toolkit key)", packages=["gnupg"], no_recommends=True)
+    ops.packages(name="Install gnupg (checks the toolkit key)", packages=["gnupg"])
     fetch_signing_key("NVIDIA's container toolkit key", toolkit.key_url, keyring, toolkit.key_fingerprint, dearmor=True)
-    if packages_missing(list(toolkit.packages)):
-        server.shell(
-            name="Add NVIDIA's container toolkit repository",
-            commands=[
-                f"echo 'deb [signed-by={keyring}] {toolkit.repo_url} /' "
-                "> /etc/apt/sources.list.d/nvidia-container-toolkit.list",
-                "apt-get update -qq",
-            ],
-        )
+    sources = ops.install_files(
+        name="Add NVIDIA's container toolkit repository",
+        files=[
+            ops.HostFile(
+                "/etc/apt/sources.list.d/nvidia-container-toolkit.list",
+                text=f"deb [signed-by={keyring}] {toolkit.repo_url} /\n",
+            )
+        ],
+    )
+    apt.update(name="Refresh the package index (NVIDIA's toolkit repository changed)", _if=sources.did_change)
     # The Docker layer declares the nvidia runtime in daemon.json itself (what `nvidia-ctk runtime
     # configure` would write), so that one file has one writer.
-    apt.packages(name="Install nvidia-container-toolkit", packages=list(toolkit.packages))
+    ops.packages(name="Install nvidia-container-toolkit", packages=list(toolkit.packages), no_recommends=False)
 
     if nvidia.reboot_allowed:
         server.reboot(name="Reboot into the new NVIDIA driver", _if=driver.did_change)

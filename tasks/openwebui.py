@@ -6,16 +6,16 @@ converged with `compose up -d` whenever it is not (or something it reads changed
 from __future__ import annotations
 
 from pyinfra.api import deploy
-from pyinfra.operations import files
 
 from kca_stack import Service, Stack
 
-from .docker import JINJA, compose_up, render_with_secrets, secret_placeholder
+from . import ops
+from .docker import compose_up, render_with_secrets, secret_placeholder
 from .images import build_local_image, image_ref
 
 SOURCE = "tasks/openwebui.py"
 COMPOSE_TEMPLATE = "templates/home/kca/openwebui/docker-compose.yml.j2"
-ENV_TEMPLATE = "templates/etc/kca/templates/openwebui.env.in.j2"
+ENV_TEMPLATE = "templates/etc/kca/openwebui.env.j2"
 
 
 def host_url(service: Service, path: str = "") -> str:
@@ -113,15 +113,8 @@ def deploy_openwebui(stack: Stack, docker_changes: list | None = None) -> None:
 
     env_file = stack.openwebui["env_file"]
     env_ops = render_with_secrets("Open WebUI environment", ENV_TEMPLATE, env_file, env_context(stack))
-    compose = files.template(
-        name=f"Install {compose_file}",
-        src=COMPOSE_TEMPLATE,
-        dest=compose_file,
-        mode="0644",
-        user="root",
-        group="root",
-        jinja_env_kwargs=JINJA,
-        **compose_context(stack),
+    compose = ops.install_files(
+        name=f"Install {compose_file}", files=[ops.template(COMPOSE_TEMPLATE, compose_file, **compose_context(stack))]
     )
 
     changed = [compose, *env_ops, *(docker_changes or [])]
@@ -137,4 +130,11 @@ def deploy_openwebui(stack: Stack, docker_changes: list | None = None) -> None:
                 port=port.target,
             )
         )
-    compose_up("Open WebUI", webui.compose_project, folder, ["-f", "docker-compose.yml"], changed, wait=600)
+    compose_up(
+        name="Converge Open WebUI (docker compose up -d)",
+        project=webui.compose_project,
+        folder=folder,
+        compose_args=["-f", "docker-compose.yml"],
+        triggers=changed,
+        wait=600,
+    )

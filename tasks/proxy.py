@@ -7,21 +7,18 @@ machine, never printed) and handed to the proxy's unit alone through LoadCredent
 
 from __future__ import annotations
 
-from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.facts.deb import DebPackages
-from pyinfra.operations import apt, files, server, systemd
+from pyinfra.operations import server, systemd
 
 from kca_stack import Service, Stack
 
+from . import ops
 from .firewall import UNIT as FIREWALL_UNIT
 from .secrets import secret_path
-from .util import remote_output
 
 SOURCE = "tasks/proxy.py"
 CONFIG_TEMPLATE = "templates/etc/kca/llm-proxy/nginx.conf.j2"
 UNIT_TEMPLATE = "templates/etc/systemd/system/kca-llm-proxy.service.j2"
-JINJA = {"trim_blocks": True, "lstrip_blocks": True}
 # Debian's own unit would serve its default site on :80, which is Dify's: it is masked before nginx
 # is installed, so the package's postinst never starts it.
 DEBIAN_UNIT = "nginx.service"
@@ -118,55 +115,38 @@ def deploy_auth_proxy(stack: Stack) -> None:
     proxy = stack.auth_proxy
     package = proxy.package
 
-    if remote_output(f"systemctl is-enabled {DEBIAN_UNIT} 2>/dev/null || true") != "masked":
-        server.shell(
-            name=f"Mask {DEBIAN_UNIT} (Debian's default site would take port 80)",
-            commands=[f"systemctl mask {DEBIAN_UNIT}", f"systemctl stop {DEBIAN_UNIT} 2>/dev/null || true"],
-        )
-    apt.packages(
-        name=f"Install {package}",
-        packages=[package],
-        update=package not in host.get_fact(DebPackages),
-        no_recommends=True,
+    ops.shell_unless(
+        name=f"Mask {DEBIAN_UNIT} (Debian's default site would take port 80)",
+        done=f'[ "$(systemctl is-enabled {DEBIAN_UNIT})" = masked ]',
+        commands=[f"systemctl mask {DEBIAN_UNIT}", f"systemctl stop {DEBIAN_UNIT} 2>/dev/null || true"],
     )
+    ops.packages(name=f"Install {package}", packages=[package])
 
-    changes = []
-    for name in proxy_secrets(stack):
-        dest = secret_path(stack, key_map_name(name))
+    # Compared on the host, silently: the test says only whether the map is current, never the key.
+    dests = [secret_path(stack, key_map_name(name)) for name in proxy_secrets(stack)]
+    current, build = [], []
+    for name, dest in zip(proxy_secrets(stack), dests, strict=True):
         built = key_map_script(stack, name)
-        # Compared on the host, silently: the fact says only whether the map is current.
-        current = remote_output(f'[ -s {dest} ] && [ "$({built})" = "$(cat {dest})" ] && echo current || true')
-        if current != "current":
-            changes.append(
-                server.shell(
-                    name=f"Build the proxy's key map from the secret {name}",
-                    commands=[f"umask 077; {{ {built}; }} > {dest}.tmp && mv {dest}.tmp {dest}"],
-                )
-            )
-        files.file(
-            name=f"Keep {key_map_name(name)} readable by root only", path=dest, user="root", group="root", mode="0600"
-        )
-
-    files.directory(name="Create the proxy's configuration folder", path=proxy.config.rsplit("/", 1)[0], mode="0755")
-    config = files.template(
-        name=f"Install {proxy.config}",
-        src=CONFIG_TEMPLATE,
-        dest=proxy.config,
-        mode="0644",
-        jinja_env_kwargs=JINJA,
-        **config_context(stack),
+        test = f'[ -s {dest} ] && [ "$({built})" = "$(cat {dest})" ]'
+        current.append(test)
+        build.append(f"{test} || {{ umask 077; {{ {built}; }} > {dest}.tmp && mv {dest}.tmp {dest}; }}")
+    key_maps = ops.shell_unless(
+        name="Build the proxy's key maps from the secrets, readable by root only",
+        done=" && ".join([*current, ops.stat_test(dests, "600 root root")]),
+        commands=[*build, f"chown root:root {' '.join(dests)}", f"chmod 0600 {' '.join(dests)}"],
     )
-    unit = files.template(
+
+    config = ops.install_files(
+        name=f"Install {proxy.config}",
+        files=[ops.template(CONFIG_TEMPLATE, proxy.config, **config_context(stack))],
+    )
+    unit = ops.install_files(
         name=f"Install {proxy.unit}",
-        src=UNIT_TEMPLATE,
-        dest=f"{stack.paths['units']}/{proxy.unit}",
-        mode="0644",
-        jinja_env_kwargs=JINJA,
-        **unit_context(stack),
+        files=[ops.template(UNIT_TEMPLATE, f"{stack.paths['units']}/{proxy.unit}", **unit_context(stack))],
     )
     systemd.daemon_reload(name="Reload systemd units", _if=unit.did_change)
     # Not tied to the GPU: it answers (401, then 503) whichever model runs.
-    systemd.service(name=f"Enable {proxy.unit}", service=proxy.unit, enabled=True, running=True)
+    ops.units_running(name=f"Enable {proxy.unit}", units=[(proxy.unit, True, True)])
     server.shell(
         name=f"Restart {proxy.unit} (its unit changed)",
         commands=[f"systemctl restart {proxy.unit}"],
@@ -176,10 +156,10 @@ def deploy_auth_proxy(stack: Stack) -> None:
     server.shell(
         name=f"Restart {proxy.unit} (a key map changed)",
         commands=[f"systemctl restart {proxy.unit}"],
-        _if=lambda: any(op.did_change() for op in changes) and not unit.did_change(),
+        _if=lambda: key_maps.did_change() and not unit.did_change(),
     )
     server.shell(
         name=f"Reload {proxy.unit} (its configuration changed)",
         commands=[f"systemctl reload {proxy.unit}"],
-        _if=lambda: config.did_change() and not unit.did_change() and not any(op.did_change() for op in changes),
+        _if=lambda: config.did_change() and not unit.did_change() and not key_maps.did_change(),
     )

@@ -11,11 +11,9 @@ import hashlib
 import shlex
 from pathlib import Path
 
-from pyinfra.operations import files
-
 from kca_stack import Stack
 
-from .util import remote_output, streamed_shell
+from . import ops
 
 # pip's own progress bars flood a log; these lines say what it is doing.
 PIP_PROGRESS = (
@@ -24,10 +22,7 @@ PIP_PROGRESS = (
 )
 
 
-def _install(venv: str, pip_args: str, digest: str, stamp: str, label: str):
-    installed = remote_output(f"cat {stamp} 2>/dev/null || true")
-    if installed == digest:
-        return None
+def _install(venv: str, pip_args: str, digest: str, stamp: str, label: str, uploads=()):
     # /tmp may be a small tmpfs: CUDA wheels (~1 GB each) are unpacked on disk instead. The whole log
     # stays on the host; the run shows its progress lines, and the log's tail when pip fails.
     log = f"{venv}/.kca-pip.log"
@@ -35,18 +30,19 @@ def _install(venv: str, pip_args: str, digest: str, stamp: str, label: str):
         f"TMPDIR=/var/tmp {venv}/bin/pip install --progress-bar off {pip_args} 2>&1 | tee {log} | {PIP_PROGRESS}"
         f" || {{ tail -n 30 {log}; exit 1; }}"
     )
-    return streamed_shell(
+    return ops.stamped(
         name=f"Install {label} into {venv} (pinned)",
-        commands=[
-            f"bash -o pipefail -c {shlex.quote(pip)}",
-            f"echo {digest} > {stamp}",
-        ],
+        stamp=stamp,
+        wanted=digest,
+        uploads=uploads,
+        commands=[f"bash -o pipefail -c {shlex.quote(pip)}"],
+        stream=True,
     )
 
 
 def ensure_requirements(stack: Stack, venv_name: str, requirements: str, label: str):
-    """Install a pinned requirements file of this repository. Returns the install operation, or None
-    when the venv already holds exactly this file. A venv with a hashed lock (venvs.NAME.lock, compiled
+    """Install a pinned requirements file of this repository (uploaded beside the venv) once per
+    version of the file; returns the operation. A venv with a hashed lock (venvs.NAME.lock, compiled
     from `requirements`) installs the lock instead, with --require-hashes: every file pip fetches,
     dependencies included, must have a hash the lock lists."""
     venv_data = stack.venvs[venv_name]
@@ -54,16 +50,9 @@ def ensure_requirements(stack: Stack, venv_name: str, requirements: str, label: 
     local = Path(venv_data.lock or requirements)
     remote = f"{venv}/{local.name}"
     pip_args = f"--require-hashes -r {remote}" if venv_data.lock else f"-r {remote}"
-    files.put(
-        name=f"Upload {local.name} to {venv}",
-        src=str(local),
-        dest=remote,
-        user="root",
-        group="root",
-        mode="0644",
-    )
+    upload = ops.HostFile(remote, src=local, mode="0644")
     digest = hashlib.sha256(local.read_bytes()).hexdigest()
-    return _install(venv, pip_args, digest, f"{venv}/.kca-{local.stem}.sha256", label)
+    return _install(venv, pip_args, digest, f"{venv}/.kca-{local.stem}.sha256", label, uploads=[upload])
 
 
 def ensure_packages(stack: Stack, venv_name: str, packages: list[str], label: str):

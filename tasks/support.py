@@ -7,13 +7,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from pyinfra import host, logger
-from pyinfra.operations import files
 
 from kca_stack import Service, Stack
 
+from . import ops
 from .python_envs import ensure_requirements
 from .units import UnitSpec
-from .util import remote_output, streamed_shell, systemd_command_line
+from .util import systemd_command_line
 
 SOURCE = "tasks/support.py"
 SHARED_MODULES = (Path("apps/kca_service_common.py"), Path("apps/kca_batching.py"))
@@ -98,12 +98,12 @@ def fetch_docling_models(stack: Stack, service: Service):
         )
         return None
     marker = f"{s.artifacts_dir}/.kca-models-complete"
-    if remote_output(f"test -e {marker} && echo present || true") == "present":
-        return None
     venv = stack.venvs[s.venv].path
     names = " ".join(s.layout_model_names)
-    return streamed_shell(
+    return ops.shell_unless(
         name=f"Fetch Docling's models ({names}) into {s.artifacts_dir}",
+        done=f"[ -e {marker} ]",
+        stream=True,
         commands=[
             f"{venv}/bin/docling-tools models download {names} -o {s.artifacts_dir}",
             f"chown -R {stack.user.name}: {s.artifacts_dir} && touch {marker}",
@@ -125,34 +125,28 @@ def service_venv(stack: Stack, service: Service):
     return _VENV_OPS[key]
 
 
+# (host, folder) -> the operation that installs the modules the FastAPI apps share there.
+_SHARED_OPS: dict[tuple[str, str], object] = {}
+
+
 def install_fastapi(stack: Stack, service: Service) -> list:
     """A FastAPI model server: its venv, the app and the modules it shares; returns the operations
     whose change restarts it."""
     s = service.settings
-    ops = [service_venv(stack, service)]
-    # The apps share these modules; a script's own folder is first on sys.path.
-    for shared in SHARED_MODULES:
-        ops.append(
-            files.put(
-                name=f"Install {shared.name} beside {s.app.dest}",
-                src=str(shared),
-                dest=f"{Path(s.app.dest).parent}/{shared.name}",
-                user="root",
-                group=stack.user.name,
-                mode="0644",
-            )
+    folder = str(Path(s.app.dest).parent)
+    # The modules the apps share, beside them (a script's own folder is first on sys.path): installed
+    # once, and their change restarts every app that reads them.
+    if (host.name, folder) not in _SHARED_OPS:
+        _SHARED_OPS[(host.name, folder)] = ops.install_files(
+            name=f"Install the modules the FastAPI apps share into {folder}",
+            files=[
+                ops.HostFile(f"{folder}/{shared.name}", src=shared, group=stack.user.name) for shared in SHARED_MODULES
+            ],
         )
-    ops.append(
-        files.put(
-            name=f"Install {s.app.dest}",
-            src=s.app.src,
-            dest=s.app.dest,
-            user="root",
-            group=stack.user.name,
-            mode="0644",
-        )
+    app = ops.install_files(
+        name=f"Install {s.app.dest}", files=[ops.HostFile(s.app.dest, src=s.app.src, group=stack.user.name)]
     )
-    return ops
+    return [service_venv(stack, service), _SHARED_OPS[(host.name, folder)], app]
 
 
 def install_docling(stack: Stack, service: Service) -> list:

@@ -9,16 +9,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pyinfra.api import deploy
-from pyinfra.operations import files, server, systemd
+from pyinfra.operations import server, systemd
 
 from kca_stack import Service, Stack
 from kca_stack.kinds import KINDS, Kind, kinds_of_layer
 
+from . import ops
 from .base import mounts_needed_by
 from .firewall import UNIT as FIREWALL_UNIT
 
 UNIT_TEMPLATE = "templates/etc/systemd/system/kca-service.service.j2"
-JINJA = {"trim_blocks": True, "lstrip_blocks": True}
 
 
 @dataclass
@@ -84,7 +84,7 @@ def unit_context(stack: Stack, service: Service, spec: UnitSpec, source: str) ->
         "listen": "{}:{}".format(*stack.listen_address(service)),
         "firewall_unit": firewall_unit_of(stack, service),
         "conflicts": [other.unit for other in stack.conflicts_of(service)],
-        # Not `user`: files.template takes that as the file's owner.
+        # Not `user`: ops.template takes that as the file's owner.
         "service_user": stack.user_of(service).name,
         "environment": spec.environment,
         "credentials": credentials_of(stack, service),
@@ -98,13 +98,13 @@ def unit_context(stack: Stack, service: Service, spec: UnitSpec, source: str) ->
 
 def install_unit(stack: Stack, service: Service, spec: UnitSpec, source: str):
     """Render the unit file; returns the operation (its change restarts the service)."""
-    return files.template(
+    return ops.install_files(
         name=f"Install {service.unit}",
-        src=UNIT_TEMPLATE,
-        dest=f"{stack.paths['units']}/{service.unit}",
-        mode="0644",
-        jinja_env_kwargs=JINJA,
-        **unit_context(stack, service, spec, source),
+        files=[
+            ops.template(
+                UNIT_TEMPLATE, f"{stack.paths['units']}/{service.unit}", **unit_context(stack, service, spec, source)
+            )
+        ],
     )
 
 
@@ -172,29 +172,28 @@ def activate(stack: Stack, services: list[Service], restarts: Restarts) -> None:
     """Enable what starts at boot, start it, and restart a running service whose unit, binary or
     model changed. Services outside the boot scenario are left as the operator (or kca-gpu-switch)
     set them: the deploy never fights the GPU switch."""
-    changed_ops = {service.name: restarts.of(service.name) for service in services}
-    reload_needed = any(op.will_change for ops in changed_ops.values() for op in ops if op is not None)
-    if reload_needed:
-        systemd.daemon_reload(name="Reload systemd units")
+    if not services:
+        return
+    every_op = [op for service in services for op in restarts.of(service.name)]
+    systemd.daemon_reload(name="Reload systemd units", _if=lambda: ops.changed(every_op))
+    wanted = []
     for service in services:
-        at_boot = stack.starts_at_boot(service)
-        runnable = stack.runnable_here(service)
-        ops = [op for op in changed_ops.get(service.name, []) if op is not None]
-        systemd.service(
-            name=f"Enable {service.unit}" if at_boot else f"Disable {service.unit} at boot",
-            service=service.unit,
-            enabled=at_boot and runnable,
-            running=True if (at_boot and runnable) else None,
-        )
-        if ops:
+        at_boot = stack.starts_at_boot(service) and stack.runnable_here(service)
+        wanted.append((service.unit, at_boot, True if at_boot else None))
+    ops.units_running(
+        name=f"Enable and start the boot scenario's units ({', '.join(s.name for s in services)})", units=wanted
+    )
+    for service in services:
+        own = restarts.of(service.name)
+        if own:
             # try-restart decides on the host, at that moment: a stopped unit stays stopped (a plain
             # restart would start it, and its Conflicts= would stop what shares the GPU).
             server.shell(
                 name=f"Restart {service.unit} if running (its unit, binary or model changed)",
                 commands=[f"systemctl try-restart {service.unit}"],
-                _if=_any_changed(ops),
+                _if=_any_changed(own),
             )
 
 
-def _any_changed(ops: list):
-    return lambda: any(op.did_change() for op in ops)
+def _any_changed(ops_: list):
+    return lambda: ops.changed(ops_)

@@ -1,9 +1,8 @@
-"""Small helpers the task modules share: streamed shell commands, systemd quoting, local artifacts."""
+"""Small helpers the task modules share: ownership tests, systemd quoting, local artifacts."""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shlex
 import subprocess
@@ -13,53 +12,26 @@ import zipfile
 from pathlib import Path
 
 from pyinfra import logger
-from pyinfra.api import StringCommand, operation
 
 from kca_stack.model import Artifact
 
 CACHE_DIR = Path(os.environ.get("KCA_CACHE_DIR", "/var/cache/kca-ai-infra"))
 
 
-class StreamedCommand(StringCommand):
-    """A shell command whose output is printed as it comes: long builds and downloads show progress
-    instead of hanging silently (pyinfra otherwise prints output only with -vvv, for everything)."""
-
-    def execute(self, state, host, connector_arguments):
-        connector_arguments.update(self.connector_arguments)
-        return host.run_shell_command(self, print_output=True, print_input=state.print_input, **connector_arguments)
-
-
-@operation(is_idempotent=False)
-def streamed_shell(commands: list[str]):
-    """Run shell commands with live output. Guard it with facts: it always reports a change."""
-    for command in commands:
-        yield StreamedCommand(command)
-
-
-def put_json(name: str, data, dest: str, mode: str = "0644"):
-    """Upload `data` as JSON with sorted keys: the same data writes the same bytes."""
-    from io import BytesIO
-
-    from pyinfra.operations import files
-
-    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
-    return files.put(name=name, src=BytesIO(text.encode()), dest=dest, mode=mode)
-
-
-def remote_output(command: str) -> str:
-    """A command's output on the host, read before any change (a fact): '' when it prints nothing."""
-    from pyinfra import host
-    from pyinfra.facts.server import Command
-
-    return (host.get_fact(Command, command) or "").strip()
-
-
-def first_not_owned(path: str, owner: str, uid: int | None = None) -> str:
-    """The first file under `path` that `owner` does not own ('' when none), read at planning. By uid
-    where the data fixes one: on a new host the account does not exist yet when this is read, and
-    `find -user NAME` would fail and so find nothing."""
+def owned_by_test(path: str, owner: str, uid: int | None = None) -> str:
+    """A shell test: nothing under `path` belongs to another owner than `owner`. By uid where the data
+    fixes one: on a new host the account may not exist yet when this is read, and `find -user NAME`
+    would fail and so find nothing."""
     test = f"-uid {uid}" if uid is not None else f"-user {shlex.quote(owner)}"
-    return remote_output(f"find {shlex.quote(path)} ! {test} -print -quit 2>/dev/null || true")
+    return f'[ -z "$(find {shlex.quote(path)} ! {test} -print -quit 2>/dev/null)" ]'
+
+
+def all_owned_by_test(paths: list[str], owner: str, uid: int | None = None) -> str:
+    """owned_by_test for several trees at once, searched side by side (each find reads every inode of
+    its tree: a venv holds tens of thousands)."""
+    test = f"-uid {uid}" if uid is not None else f"-user {shlex.quote(owner)}"
+    finds = " ".join(f"find {shlex.quote(p)} ! {test} -print -quit & " for p in paths)
+    return f'[ -z "$({{ {finds}wait; }} 2>/dev/null)" ]'
 
 
 def systemd_quote(arg: str) -> str:

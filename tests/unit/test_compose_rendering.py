@@ -16,15 +16,15 @@ import subprocess
 from importlib.machinery import SourceFileLoader
 from pathlib import Path
 
-import jinja2
 import pytest
 import yaml
 
 from kca_stack import build_stack
 from kca_stack.data import group_data
 from tasks import dify, openwebui
-from tasks.docker import JINJA, published_lines
+from tasks.docker import published_lines
 from tasks.images import image_ref
+from tasks.render import render as render_template
 from tasks.util import local_artifact
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -136,8 +136,7 @@ def stack():
 
 
 def render(template: str, context: dict) -> str:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(ROOT)), **JINJA)
-    return env.get_template(template).render(**context)
+    return render_template(template, **context)
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import jinja2
 import pytest
 
 from kca_stack import build_stack
@@ -23,16 +22,14 @@ from kca_stack.firewall import (
     internal_ports,
     ruleset_context,
 )
+from tasks.render import render as render_template
 
 ROOT = Path(__file__).resolve().parents[2]
 GROUPS = ["testhost", "production"]
 
 
 def render(stack) -> str:
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(ROOT)), trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True
-    )
-    return env.get_template("templates/etc/kca/firewall.nft.j2").render(source="test", **ruleset_context(stack))
+    return render_template("templates/etc/kca/firewall.nft.j2", source="test", **ruleset_context(stack))
 
 
 def set_elements(ruleset: str, name: str) -> set[int]:

@@ -19,12 +19,12 @@ import sys
 import time
 from pathlib import Path
 
-import jinja2
 import pytest
 
 from kca_stack import build_stack
 from kca_stack.data import group_data
 from kca_stack.firewall import external_ports, internal_bridge, internal_ports, ruleset_context
+from tasks.render import render as render_template
 
 ROOT = Path(__file__).resolve().parents[2]
 PREFIX = f"kf{os.getpid() % 100000}"
@@ -91,10 +91,7 @@ def bridge_with_container(bridge: str, gateway: str, container_ns: str, containe
 
 
 def render(stack) -> str:
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(ROOT)), trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True
-    )
-    return env.get_template("templates/etc/kca/firewall.nft.j2").render(source="test", **ruleset_context(stack))
+    return render_template("templates/etc/kca/firewall.nft.j2", source="test", **ruleset_context(stack))
 
 
 @pytest.fixture(scope="module")

@@ -4,13 +4,13 @@ nofail); where /models is a plain directory, no unit waits for a mount."""
 
 from __future__ import annotations
 
-import jinja2
 import pytest
 
 from kca_stack import build_stack
 from kca_stack.data import deep_merge, group_data
 from tasks import llm, support
-from tasks.units import JINJA, UNIT_TEMPLATE, unit_context
+from tasks.render import render
+from tasks.units import UNIT_TEMPLATE, unit_context
 
 SPECS = {
     "llama.cpp": llm.llama_server_spec,
@@ -23,8 +23,7 @@ MODELS_DEVICE = "/dev/disk/by-partlabel/models"
 
 def unit_lines(stack, service) -> list[str]:
     spec = SPECS[service.kind](stack, service)
-    environment = jinja2.Environment(loader=jinja2.FileSystemLoader("."), keep_trailing_newline=True, **JINJA)
-    text = environment.get_template(UNIT_TEMPLATE).render(**unit_context(stack, service, spec, "test"))
+    text = render(UNIT_TEMPLATE, **unit_context(stack, service, spec, "test"))
     return text.splitlines()
 
 

@@ -19,12 +19,12 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import jinja2
 import pytest
 
 from kca_stack import build_stack
 from kca_stack.data import group_data
 from tasks import proxy
+from tasks.render import render as render_template
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "TestKey0123456789abcdefABCDEF"
@@ -58,10 +58,7 @@ GUARDED_PATHS = [
 
 
 def render(template: str, context: dict) -> str:
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(ROOT)), keep_trailing_newline=True, **proxy.JINJA, autoescape=False
-    )
-    return env.get_template(template).render(**context)
+    return render_template(template, **context)
 
 
 def free_port() -> int:

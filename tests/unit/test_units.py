@@ -6,22 +6,21 @@ from __future__ import annotations
 import ipaddress
 import shlex
 
-import jinja2
 import pytest
 
 from kca_stack import build_stack
 from kca_stack.data import group_data
 from kca_stack.kinds import KINDS
 from tasks import llm
-from tasks.units import JINJA, UNIT_TEMPLATE, task, unit_context, unit_spec
+from tasks.render import render as render_template
+from tasks.units import UNIT_TEMPLATE, task, unit_context, unit_spec
 from tasks.util import systemd_command_line, systemd_quote
 
 
 def render(stack, service) -> str:
     """The unit as pyinfra renders it: the same template, the same context, the spec its kind names."""
     spec = unit_spec(stack, service)
-    environment = jinja2.Environment(loader=jinja2.FileSystemLoader("."), keep_trailing_newline=True, **JINJA)
-    return environment.get_template(UNIT_TEMPLATE).render(**unit_context(stack, service, spec, "test"))
+    return render_template(UNIT_TEMPLATE, **unit_context(stack, service, spec, "test"))
 
 
 def directives(text: str) -> dict[str, list[str]]:

@@ -14,12 +14,12 @@ from pathlib import Path
 
 from pyinfra import host, logger
 from pyinfra.api import deploy
-from pyinfra.operations import files, server
 
 from kca_stack import Stack
 from kca_stack.model import Model
 
-from .util import first_not_owned, local_artifact, remote_output, streamed_shell
+from . import ops
+from .util import local_artifact, owned_by_test
 
 FETCHER = "/usr/local/sbin/kca-fetch-model"
 STANDIN_BUILDER_DIR = "/usr/local/lib/kca"
@@ -32,21 +32,21 @@ def models_of_kind(stack: Stack, kinds: tuple[str, ...]) -> list[Model]:
     return [stack.models[n] for n in sorted(names)]
 
 
-def keep_readable(model: Model) -> list:
-    """Each service runs as its own user (service_users), not as the owner of /models: every model file
-    must be readable by all (models hold no secret). Converges a host where a file was written private."""
-    private = remote_output(
-        f"find {shlex.quote(model.dir)} \\( -type f ! -perm -o=r \\) -o \\( -type d ! -perm -o=rx \\)"
-        " 2>/dev/null | head -n 1"
+def settle_folder(stack: Stack, model: Model, triggers=()):
+    """The model's folder is its owner's (files an older, root-run fetch or build left go to kca; chown
+    -h: links themselves, never what they point at) and readable by every service user: each service
+    runs as its own user (service_users), not as the owner of /models, and models hold no secret. A
+    converged folder costs one find."""
+    owner = stack.user.name
+    folder = shlex.quote(model.dir)
+    private = f"{folder} \\( -type f ! -perm -o=r \\) -o \\( -type d ! -perm -o=rx \\)"
+    return ops.shell_unless(
+        name=f"Give {model.dir} to {owner}, readable by the services",
+        done=f"[ ! -e {folder} ] || {{ {owned_by_test(model.dir, owner, stack.user.uid)} && "
+        f'[ -z "$(find {private} -print -quit)" ]; }}',
+        commands=[f"chown -hR {owner}:{owner} {folder}", f"chmod -R {READABLE} {folder}"],
+        triggers=triggers,
     )
-    if not private:
-        return []
-    return [
-        server.shell(
-            name=f"Make {model.dir} readable by the services",
-            commands=[f"chmod -R {READABLE} {shlex.quote(model.dir)}"],
-        )
-    ]
 
 
 def place_standin(stack: Stack, model: Model) -> list:
@@ -59,43 +59,47 @@ def place_standin(stack: Stack, model: Model) -> list:
     if standin.artifact is not None:
         local = local_artifact(stack.artifacts[standin.artifact])
         if local.is_dir():
-            files.directory(name=f"Create {model.dir}", path=model.dir, **owner)
-            return [
-                files.sync(
-                    name=f"Place the stand-in model folder at {model.dir}",
-                    src=str(local),
-                    dest=model.dir,
-                    exclude=[".extracted"],
-                    delete=False,  # never delete under /models
-                    **owner,
-                )
+            placed = [
+                ops.HostFile(f"{model.dir}/{path.relative_to(local)}", src=path, mode="0644", **owner)
+                for path in sorted(local.rglob("*"))
+                if path.is_file() and path.name != ".extracted"
             ]
+            return [ops.install_files(name=f"Place the stand-in model folder at {model.dir}", files=placed)]
         path = model.path_of("model")
-        files.directory(name=f"Create {model.dir}", path=model.dir, **owner)
-        return [files.put(name=f"Place the stand-in GGUF at {path}", src=str(local), dest=path, mode="0644", **owner)]
+        return [
+            ops.install_files(
+                name=f"Place the stand-in GGUF at {path}", files=[ops.HostFile(path, src=local, mode="0644", **owner)]
+            )
+        ]
     # A stand-in the host builds itself (deterministically) from another model's files.
     script = Path(standin.build)
     digest = hashlib.sha256(script.read_bytes()).hexdigest()[:16]
     remote = f"{STANDIN_BUILDER_DIR}/{script.name}"
     base = stack.models[standin.base].dir
     python = f"{stack.venvs['main'].path}/bin/python"
-    files.directory(name=f"Create {STANDIN_BUILDER_DIR}", path=STANDIN_BUILDER_DIR)
-    files.put(name=f"Upload {script.name}", src=str(script), dest=remote, mode="0644")
     marker = f"{model.dir}/.standin-{digest}"
-    if remote_output(f"test -e {marker} && echo built || true") == "built":
-        return []
     # As the folder's owner, like the fetcher: its files are kca's from the start.
     return [
-        streamed_shell(
+        ops.shell_unless(
             name=f"Build the stand-in {model.name} from {standin.base} (deterministic)",
+            done=f"[ -e {marker} ]",
             commands=[
+                f"mkdir -p {model.dir}",
                 f"cd {stack.user.home} && HF_HUB_OFFLINE=1 {python} {remote} --base {base} --out {model.dir}",
                 f"chmod -R {READABLE} {model.dir} && touch {marker}",
             ],
+            stream=True,
             _sudo=True,
             _sudo_user=stack.user.name,
         )
     ]
+
+
+def standin_builders(stack: Stack, models: list[Model]) -> list[ops.HostFile]:
+    """The scripts that build a stand-in on the host (tools/), uploaded before any build."""
+    standins = [stack.model_standins.get(m.name) for m in models]
+    scripts = {standin.build for standin in standins if standin is not None and standin.build}
+    return [ops.HostFile(f"{STANDIN_BUILDER_DIR}/{Path(s).name}", src=s, mode="0644") for s in sorted(scripts)]
 
 
 def fetch_command(model: Model, role_file) -> tuple[str, str]:
@@ -113,17 +117,6 @@ def fetch_command(model: Model, role_file) -> tuple[str, str]:
             args += ["--size", str(role_file.size)]
     argv = [FETCHER, "--repo", role_file.repo, "--revision", role_file.revision, *args]
     return " ".join(shlex.quote(a) for a in argv), marker
-
-
-def give_to_owner(stack: Stack, folder: str) -> None:
-    """Files an older, root-run fetch or build left in a model's folder go to its owner (chown -h: links
-    themselves, never what they point at); a converged folder costs one find."""
-    owner = stack.user.name
-    if first_not_owned(folder, owner, stack.user.uid):
-        server.shell(
-            name=f"Give {folder} to {owner}",
-            commands=[f"chown -hR {owner}:{owner} {shlex.quote(folder)}"],
-        )
 
 
 def free_space_check(model: Model) -> str:
@@ -147,40 +140,33 @@ def deploy_models(stack: Stack, kinds: tuple[str, ...]):
     changes: dict[str, list] = {model.name: [] for model in wanted}
 
     if stack.use_model_standins:
+        builders = standin_builders(stack, wanted)
+        if builders:
+            ops.install_files(name="Upload the scripts that build stand-in models", files=builders)
         for model in wanted:
-            give_to_owner(stack, model.dir)
-            changes[model.name] = [*place_standin(stack, model), *keep_readable(model)]
+            placed = place_standin(stack, model)
+            changes[model.name] = [*placed, settle_folder(stack, model, triggers=placed)]
         return changes
 
-    files.put(
-        name=f"Install {FETCHER}",
-        src=f"files{FETCHER}",
-        dest=FETCHER,
-        mode="0755",
-    )
+    ops.install_files(name=f"Install {FETCHER}", files=[ops.HostFile(FETCHER, src=f"files{FETCHER}", mode="0755")])
     owner = stack.user.name
     for model in wanted:
-        files.directory(name=f"Create {model.dir}", path=model.dir, user=owner, group=owner)
-        pending = []
-        for role_file in model.files:
-            command, marker = fetch_command(model, role_file)
-            present = remote_output(f"test -e {shlex.quote(marker)} && echo present || true")
-            if present != "present":
-                pending.append((role_file, command))
-        give_to_owner(stack, model.dir)
+        ops.directories(name=f"Create {model.dir}", dirs=[ops.HostDirectory(model.dir, owner, owner)])
+        settle_folder(stack, model)
         # The fetcher runs as the folder's owner, not root: root never writes through a path another
         # user could have laid (a .part that is a symlink).
-        for index, (role_file, command) in enumerate(pending):
-            logger.info(f"{host.name}: {model.name}: {role_file.file or role_file.repo} will be fetched")
+        for role_file in model.files:
+            command, marker = fetch_command(model, role_file)
             # Checked when the fetch runs (the models disk may be mounted by this very deploy).
-            space = [free_space_check(model)] if index == 0 and model.disk_gb else []
+            space = [free_space_check(model)] if model.disk_gb else []
             changes[model.name].append(
-                streamed_shell(
+                ops.shell_unless(
                     name=f"Fetch {model.name} ({role_file.role}: {role_file.file or 'snapshot'})",
+                    done=f"[ -e {shlex.quote(marker)} ]",
                     commands=[*space, command, f"chmod -R {READABLE} {shlex.quote(model.dir)}"],
+                    stream=True,
                     _sudo=True,
                     _sudo_user=owner,
                 )
             )
-        changes[model.name] += keep_readable(model)
     return changes
