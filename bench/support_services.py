@@ -25,6 +25,14 @@ Prints:
   server's peak resident memory, and one normal request afterwards.
 - reranker latency for 1 query x 32 documents, Docling conversion time for a generated 10-page
   DOCX, and each service's resident memory.
+The load table starts with the machine (CPU, cores, GPU) and its load average, which it prints again
+at the end: on a shared machine the other work shifts every figure, so compare servers only within
+one run. After the table, each --pid's peak resident memory (the heaviest row, 64 x 16, is the last)
+and, with nvidia-smi, its GPU memory.
+
+--device auto (the default) measures in-process on cuda where torch sees a GPU; `--reranker-url ''`
+leaves the reranker out. The script needs only torch, sentence-transformers and requests (the
+servers' own venv has them), so it can be copied to a GPU machine beside the two servers.
 Every loop is bounded in time or count; nothing runs in the background after it returns.
 """
 
@@ -426,15 +434,62 @@ def service_pids(args) -> dict[str, int]:
     return {name: pid for name, pid in pids.items() if pid > 0}
 
 
+def vram_mib(pids: dict[str, int]) -> dict[str, float]:
+    """GPU memory each process (and its children) holds, from nvidia-smi; empty without one."""
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    used = {}
+    for line in out.splitlines():
+        pid, _, mib = line.partition(",")
+        if pid.strip().isdigit() and mib.strip().isdigit():
+            used[int(pid)] = float(mib)
+    return {name: sum(used.get(each, 0.0) for each in descendants(pid)) for name, pid in pids.items()}
+
+
+def machine() -> str:
+    """The CPU (model, cores), the GPU where torch sees one, and the load average now."""
+    model = "unknown CPU"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.partition(":")[2].strip()
+            break
+    text = f"{model}, {os.cpu_count()} cores"
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            text += f"; GPU {torch.cuda.get_device_name(0)}"
+    except ImportError:
+        pass
+    return text
+
+
+def load_average() -> str:
+    return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 # --- report -----------------------------------------------------------------------------------
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-path", required=True, help="embedding model folder")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda"],
+        help="for the in-process figure; auto: cuda where torch sees a GPU (match the server's KCA_DEVICE)",
+    )
     parser.add_argument("--embedding-url", default="http://127.0.0.1:8083")
-    parser.add_argument("--reranker-url", default="http://127.0.0.1:8006")
+    parser.add_argument("--reranker-url", default="http://127.0.0.1:8006", help="'' leaves the reranker out")
     parser.add_argument("--docling-url", default="http://127.0.0.1:8007")
     parser.add_argument("--docling-api-key", default=os.environ.get("DOCLING_SERVE_API_KEY", ""))
     parser.add_argument("--docling-api-key-file", type=Path)
@@ -465,6 +520,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--load-seconds", type=float, default=10, help="each load row's window (0: no table)")
     parser.add_argument("--overload-seconds", type=float, default=60, help="the overload run (0: skip it)")
     args = parser.parse_args()
+    if args.device == "auto":
+        import torch
+
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if not args.pid and not args.unit:
         args.unit = [
             "embedding=bge-embedding-server.service",
@@ -510,15 +569,23 @@ def main() -> None:
     rows.append(("HTTP / in-process throughput", f"{emb['http'] / emb['local']:.2f}"))
 
     if args.load_seconds > 0:
-        print("Load table (rows run against each server in turn):", flush=True)
+        # Other work on the machine shifts every figure: say what it was, before and after.
+        print(f"Load table on {machine()}, {load_average()} (rows run against each server in turn):", flush=True)
         load_table(args, load_targets(args), emb["local"])
+        print(f"after the table: {load_average()}")
+        # The rows end with the heaviest (64 clients x 16 texts): each process's peak so far.
+        for name, pid in pids.items():
+            rows.append((f"peak resident memory after the load table: {name}", f"{peak_rss_mib(pid):.0f} MiB"))
+        for name, mib in vram_mib(pids).items():
+            rows.append((f"GPU memory after the load table: {name}", f"{mib:.0f} MiB"))
     if args.overload_seconds > 0:
         rows += overload(args, pids.get("embedding"))
 
-    latencies = rerank_latency(args)
-    rows.append(
-        (f"rerank 1 query x 32 docs (median of {len(latencies)})", f"{statistics.median(latencies) * 1000:.0f} ms")
-    )
+    if args.reranker_url:
+        latencies = rerank_latency(args)
+        rows.append(
+            (f"rerank 1 query x 32 docs (median of {len(latencies)})", f"{statistics.median(latencies) * 1000:.0f} ms")
+        )
     if not args.skip_docling:
         label = f"Docling {args.pages}-page DOCX -> markdown"
         try:

@@ -383,9 +383,10 @@ services = {
         # scores; the eager fallback would add 64 B x batch_tokens x L = 4 GiB. One pass runs at a
         # time and each holds at most batch_tokens padded tokens, whatever the requests hold: no
         # request can take more than this. The per-request caps bound time and host memory.
-        # CPU threads of the forward pass (OMP_NUM_THREADS). One: on the GPU the CPU only feeds it, and on
-        # the 2-core test host a second thread spins against tokenizing, HTTP and the other services
-        # (measured on 2 busy cores: single-request median 40 ms with 1 thread, 700 ms with 2).
+        # CPU threads of the forward pass (OMP_NUM_THREADS). One: on the GPU the CPU only feeds it. A
+        # CPU host gives it its cores (testhost.py): the threads wait passively (OMP_WAIT_POLICY,
+        # kca_service_common.py), so they no longer spin against tokenizing, HTTP and the other services
+        # (with libgomp's spinning default, 2 busy cores gave a single request 700 ms on 2 threads).
         "threads": 1,
         "batching": {
             # Padded tokens per pass: the VRAM term above; one text of BGE-M3's full 8192 tokens fits
@@ -397,6 +398,9 @@ services = {
             # Requests admitted at once (read, queued or running); one more gets 503 + Retry-After at
             # once. 64 = Open WebUI and Dify ingesting with 16+ parallel workers each, with room; the
             # bodies in memory stay under 64 x max_body_bytes = 512 MiB.
+            # Host memory budget of the process: 2.5 GiB = the process itself (peak resident 1.6 GiB
+            # under 64 clients x 16 texts with torch and CUDA on a GPU host, 0.9 GiB on the CPU test
+            # host; measured with the stand-in model, bench/support_services.py) + those 512 MiB.
             "max_queued_requests": 64,
         },
         # Requests beyond these get a 4xx before any model work is done.
