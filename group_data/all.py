@@ -796,10 +796,15 @@ artifacts = {
 # (docs/sources.md: compute capability 12.0, CUDA >= 12.8, driver >= 570, open kernel modules).
 
 nvidia = {
-    "cuda_keyring_url": "https://developer.download.nvidia.com/compute/cuda/repos/{repo}/x86_64/cuda-keyring_1.1-1_all.deb",
-    # Unknown when this was written: the deploy refuses to fetch the keyring until it is set
-    # (`curl -fsSL <cuda_keyring_url> | sha256sum`, for the host's repo).
-    "cuda_keyring_sha256": None,
+    # NVIDIA's CUDA repository, trusted through its signing key, checked by fingerprint as Docker's is
+    # (docs/sources.md): the key and the source line NVIDIA's cuda-keyring package would install,
+    # without a package whose checksum is published nowhere.
+    "cuda_repository": {
+        "key_url": "https://developer.download.nvidia.com/compute/cuda/repos/{repo}/x86_64/3bf863cc.pub",
+        "key_fingerprint": "EB69 3B30 35CD 5710 E231 E123 A4B4 6996 3BF8 63CC",
+        "keyring": "/usr/share/keyrings/cuda-archive-keyring.gpg",
+        "repo_url": "https://developer.download.nvidia.com/compute/cuda/repos/{repo}/x86_64/",
+    },
     "driver_min_major": 570,
     # The driver branch apt may install (an apt pin on NVIDIA's packages): a new branch is a decision,
     # not an upgrade. 580 is >= 570 (the RTX 5090's minimum) and covers CUDA 12.8.

@@ -380,10 +380,22 @@ class ContainerToolkit:
 
 
 @dataclass(frozen=True)
+class CudaRepository:
+    """NVIDIA's CUDA apt repository, trusted through its signing key (what the cuda-keyring package
+    would install: the same key, the same source line)."""
+
+    key_url: str = setting(doc="where the signing key is fetched, with {repo}", pattern=r"https://\S+")
+    # The fetched key is refused unless it has this fingerprint.
+    key_fingerprint: str = setting(doc="an OpenPGP fingerprint (40 hex digits)", pattern=FINGERPRINT)
+    keyring: str = setting(doc="an absolute path", pattern=ABSOLUTE)
+    repo_url: str = setting(doc="the apt repository, with {repo}", pattern=r"https://\S+")
+
+
+@dataclass(frozen=True)
 class Nvidia:
     """The NVIDIA layer: driver branch, CUDA toolkit, container toolkit (skipped without a GPU)."""
 
-    cuda_keyring_url: str = setting(doc="the cuda-keyring package, with {repo}", pattern=r"https://\S+")
+    cuda_repository: CudaRepository = setting(doc="NVIDIA's CUDA apt repository")
     driver_min_major: int = setting(doc="the oldest driver the card runs on", ge=1)
     # The branch apt may install (an apt pin): a new branch is a decision, not an upgrade.
     driver_branch: str = setting(doc="a driver branch, e.g. '580'", pattern=r"\d+")
@@ -392,8 +404,6 @@ class Nvidia:
     cuda_packages: tuple[str, ...] = setting(doc="apt packages", pattern=PACKAGE)
     cuda_home: str = setting(doc="an absolute path", pattern=ABSOLUTE)
     container_toolkit: ContainerToolkit = setting(doc="the container toolkit")
-    # None: unknown; the keyring is not fetched until it is set.
-    cuda_keyring_sha256: str | None = setting(None, doc="a sha256 (64 hex digits)", pattern=HEX64)
     # A new driver needs a reboot. False: the run ends saying "REBOOT REQUIRED" instead.
     reboot_allowed: bool = setting(False, doc="whether the deploy may reboot")
 

@@ -658,8 +658,6 @@ def moving_refs(stack: Stack) -> list[str]:
         found.append(f"vllm.plugin.git_ref = {plugin.git_ref!r} (a branch: pin the commit)")
     if stack.llama_cpp and stack.llama_cpp.source == "git" and not _is_commit(stack.llama_cpp.git_ref):
         found.append(f"llama_cpp.git_ref = {stack.llama_cpp.git_ref!r} (not a commit)")
-    if stack.gpu.present and stack.nvidia and stack.nvidia.cuda_keyring_sha256 is None:
-        found.append("nvidia.cuda_keyring_sha256 = None (the keyring is not fetched until it is set)")
     if stack.docker.get("pull_images", True):
         if stack.openwebui.get("image") and not stack.openwebui.get("digest"):
             found.append(f"openwebui: {stack.openwebui['image']}:{stack.openwebui.get('tag')} (a tag, no digest)")

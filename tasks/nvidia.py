@@ -5,15 +5,14 @@ Nothing is reinstalled when the packages are present. A new driver needs a reboo
 `nvidia.reboot_allowed` says so, otherwise the run ends with a clear "reboot required". Skipped, with
 one message, on a host without an NVIDIA GPU (gpu.present = False).
 
-Every download is checked: the cuda-keyring package by sha256 (the deploy refuses to fetch it until
-`nvidia.cuda_keyring_sha256` is set), the container toolkit's key by fingerprint, as Docker's is. The
-driver stays on the branch in data (an apt pin): a new branch is a decision, not an upgrade."""
+Every download is checked: the CUDA repository's signing key and the container toolkit's key by
+fingerprint, as Docker's is. The driver stays on the branch in data (an apt pin): a new branch is a
+decision, not an upgrade."""
 
 from __future__ import annotations
 
 from pyinfra import host, logger
 from pyinfra.api import deploy, operation
-from pyinfra.api.exceptions import OperationError
 from pyinfra.facts.server import Command
 from pyinfra.operations import apt, files, python, server
 
@@ -22,29 +21,9 @@ from kca_stack import Stack
 from . import ops
 from .base import fetch_signing_key, os_profile
 
-KEYRING_DEB = "/var/cache/apt/archives/kca-cuda-keyring.deb"
-
 
 def _reboot_required(message: str) -> None:
     logger.warning(message)
-
-
-@operation()
-def cuda_repository(url: str, sha256: str | None):
-    """NVIDIA's CUDA repository, through its keyring package (the repository signs everything else),
-    fetched by files.download and checked by its sha256."""
-    if host.get_fact(ops.PackageVersions, packages=["cuda-keyring"]):
-        host.noop("cuda-keyring is installed")
-        return
-    if not sha256:
-        raise OperationError(
-            "nvidia.cuda_keyring_sha256 is unset, so the cuda-keyring package cannot be checked; nothing was "
-            f"fetched. Fix: run `curl -fsSL {url} | sha256sum` once and set nvidia.cuda_keyring_sha256 in "
-            "group_data/all.py."
-        )
-    yield from files.download._inner(src=url, dest=KEYRING_DEB, sha256sum=sha256)
-    yield f"dpkg -i {KEYRING_DEB}"
-    yield "apt-get update -qq"
 
 
 @operation()
@@ -76,11 +55,21 @@ def deploy_nvidia(stack: Stack) -> None:
     nvidia = stack.nvidia
     repo = os_profile(stack)["nvidia_repo"]
 
-    cuda_repository(
-        name="Add NVIDIA's CUDA repository (cuda-keyring, checked by sha256)",
-        url=nvidia.cuda_keyring_url.format(repo=repo),
-        sha256=nvidia.cuda_keyring_sha256,
+    ops.packages(name="Install gnupg (checks the repositories' keys)", packages=["gnupg"])
+    cuda = nvidia.cuda_repository
+    fetch_signing_key(
+        "NVIDIA's CUDA repository key", cuda.key_url.format(repo=repo), cuda.keyring, cuda.key_fingerprint, dearmor=True
     )
+    cuda_sources = ops.install_files(
+        name="Add NVIDIA's CUDA repository",
+        files=[
+            ops.HostFile(
+                "/etc/apt/sources.list.d/cuda.list",
+                text=f"deb [signed-by={cuda.keyring}] {cuda.repo_url.format(repo=repo)} /\n",
+            )
+        ],
+    )
+    apt.update(name="Refresh the package index (NVIDIA's CUDA repository changed)", _if=cuda_sources.did_change)
 
     # Before any driver package is chosen: apt may pick NVIDIA's packages only from the pinned branch.
     branch = nvidia.driver_branch
@@ -120,7 +109,6 @@ def deploy_nvidia(stack: Stack) -> None:
 
     toolkit = nvidia.container_toolkit
     keyring = toolkit.keyring
-    ops.packages(name="Install gnupg (checks the toolkit key)", packages=["gnupg"])
     fetch_signing_key("NVIDIA's container toolkit key", toolkit.key_url, keyring, toolkit.key_fingerprint, dearmor=True)
     sources = ops.install_files(
         name="Add NVIDIA's container toolkit repository",

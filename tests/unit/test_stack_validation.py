@@ -255,10 +255,10 @@ BAD_STACKS = [
         "older than nvidia.driver_min_major 570",
     ),
     (
-        "cuda-keyring checksum not a sha256",
-        lambda d: d["nvidia"].update(cuda_keyring_sha256="abc"),
-        "nvidia.cuda_keyring_sha256",
-        "not a sha256",
+        "CUDA repository key fingerprint malformed",
+        lambda d: d["nvidia"]["cuda_repository"].update(key_fingerprint="EB69 3B30"),
+        "nvidia.cuda_repository.key_fingerprint",
+        "fingerprint",
     ),
     (
         "container toolkit key without a fingerprint",
@@ -680,7 +680,6 @@ def test_production_lists_every_ref_that_still_moves():
     assert "models.exaone-32b.files[0].sha256 = None (verified by the hub's own checksum only)" in refs
     assert "vllm.plugin.git_ref = 'main' (a branch: pin the commit)" in refs
     assert any(r.startswith("openwebui: ghcr.io/open-webui/open-webui:v0.12.4") for r in refs)
-    assert "nvidia.cuda_keyring_sha256 = None (the keyring is not fetched until it is set)" in refs
     # llama.cpp is pinned at a commit: not listed.
     assert not any(r.startswith("llama_cpp.") for r in refs)
 
