@@ -25,6 +25,7 @@ from kca_stack import Stack
 from kca_stack.model import StateItem
 
 from .base import packages_missing
+from .images import image_ref
 from .util import remote_output, streamed_shell
 
 SOURCE = "tasks/backup.py"
@@ -65,6 +66,9 @@ def state_entry(stack: Stack, item: StateItem) -> dict:
         entry["compose_service"] = service.settings["compose_service"]
     if item.kind == "postgresql":
         entry["postgresql"] = dict(item.settings["postgresql"])
+        # Where images cannot be pulled, the restore loads the dump with the image built on the host.
+        image, _, tag = entry["postgresql"]["image"].partition(":")
+        entry["postgresql"]["image"] = image_ref(stack, image, tag or "latest")
     return entry
 
 

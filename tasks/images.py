@@ -1,7 +1,8 @@
 """Images where no registry can be reached (docker.pull_images false, the test host): each compose
-project's image is built on the host from registry packages (its `local_build`), tagged
-`<prefix>/<name>:<tag>`, and started from the same compose file, env file and network as production.
-Only the image reference differs, and only by data.
+project's image is built on the host from registry packages (its `local_build`: Python packages from
+pip, or Debian packages from the host's own apt), tagged `<prefix>/<name>:<tag>`, and started from the
+same compose file, env file and network as production. Only the image reference differs, and only by
+data.
 
 The base is the host's own OS, imported once from a root filesystem tarball (no base image can be
 pulled). A built image is saved to a cache folder and loaded from there on a fresh host.
@@ -39,10 +40,16 @@ def dockerfile_context(stack: Stack, title: str, build: dict, venv: str, port: i
         "source": SOURCE,
         "title": title,
         "base_image": stack.docker["local_images"]["base_image"],
-        "packages": list(build["python_packages"]),
+        "packages": list(build.get("python_packages", [])),
         "venv": venv,
+        "apt_packages": list(build.get("apt_packages", [])),
+        "prepare": list(build.get("prepare", [])),
+        # (name in the build context, path in the image), in a fixed order.
+        "files": [(posixpath.basename(src), dest) for dest, src in sorted(build.get("files", {}).items())],
         "environment": sorted(build.get("environment", {}).items()),
         "port": port,
+        "stop_signal": build.get("stop_signal"),
+        "entrypoint": list(build.get("entrypoint", [])),
         "command": list(build["command"]),
     }
 
@@ -53,6 +60,22 @@ def render_dockerfile(context: dict) -> str:
     return template.render(**context)
 
 
+def recipe_of(context: dict, build: dict) -> str:
+    """What the image is made of: the Dockerfile (the base, the packages, the settings) and the files
+    it copies in."""
+    digest = hashlib.sha256(render_dockerfile(context).encode())
+    for _dest, src in sorted(build.get("files", {}).items()):
+        with open(src, "rb") as f:
+            digest.update(f.read())
+    return digest.hexdigest()[:16]
+
+
+def build_args(ref: str, recipe: str, context_dir: str, cache: str, build: dict) -> list[str]:
+    """kca-build-image's command line: each Debian package after --apt, then the Python packages."""
+    apt = [arg for package in build.get("apt_packages", []) for arg in ("--apt", package)]
+    return [BUILD_IMAGE, ref, recipe, context_dir, cache, *apt, *build.get("python_packages", [])]
+
+
 @deploy("Local images")
 def build_local_image(stack: Stack, image: str, ref: str, title: str, build: dict, port: int):
     """Make `ref` present on the host (`image`: its build folder and cache name). Returns the operation
@@ -61,8 +84,7 @@ def build_local_image(stack: Stack, image: str, ref: str, title: str, build: dic
     context_dir = f"{local['build_dir']}/{image}"
     venv = f"{context_dir}/venv"
     context = dockerfile_context(stack, title, build, venv, port)
-    # What the image is made of: the Dockerfile names the base, the packages and the settings.
-    recipe = hashlib.sha256(render_dockerfile(context).encode()).hexdigest()[:16]
+    recipe = recipe_of(context, build)
 
     files.put(
         name="Install kca-build-image (builds an image from registry packages)",
@@ -89,6 +111,13 @@ def build_local_image(stack: Stack, image: str, ref: str, title: str, build: dic
         jinja_env_kwargs={"trim_blocks": True, "lstrip_blocks": True},
         **context,
     )
+    for dest, src in sorted(build.get("files", {}).items()):
+        files.put(
+            name=f"Install {posixpath.basename(src)} into the build of {ref} (its {dest})",
+            src=src,
+            dest=f"{context_dir}/{posixpath.basename(src)}",
+            mode="0755",
+        )
     label = remote_output(
         f"docker image inspect --format '{{{{ index .Config.Labels \"kca.recipe\" }}}}' {shlex.quote(ref)}"
         " 2>/dev/null || true"
@@ -97,7 +126,7 @@ def build_local_image(stack: Stack, image: str, ref: str, title: str, build: dic
         host.noop(f"{ref} is present (recipe {recipe})")
         return None
     cache = f"{local['cache_dir']}/{image}-{recipe}.tar.zst" if local.get("cache_dir") else ""
-    argv = [BUILD_IMAGE, ref, recipe, context_dir, cache, *build["python_packages"]]
+    argv = build_args(ref, recipe, context_dir, cache, build)
     return streamed_shell(
         name=f"Build or load {ref} (recipe {recipe})",
         commands=[" ".join(shlex.quote(a) for a in argv)],
