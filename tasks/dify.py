@@ -213,7 +213,7 @@ def standin_context(stack: Stack) -> dict:
         "service": compose_name(service),
         "image": image_ref(stack, *standin_image(stack)),
         "env_file": standin["env_file"],
-        "user": postgresql["user"],
+        "superuser": postgresql["user"],
         "database": stack.dify["environment"]["DB_DATABASE"],
         "pgdata": postgresql["pgdata"],
         "volume": state.paths[0],

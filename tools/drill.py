@@ -116,8 +116,8 @@ class Database:
         tcp = f'-e PGPASSWORD="$(cat {self.password_file})" ' if over_tcp else ""
         host = "-h 127.0.0.1 " if over_tcp else ""
         return on_host(
-            f"docker exec {tcp}{self.container()} psql -v ON_ERROR_STOP=1 -At {host}-U {c['user']} -d {c['database']} "
-            f"-c {shlex.quote(statement)}"
+            f"docker exec {tcp}{self.container()} psql -v ON_ERROR_STOP=1 -At {host}"
+            f"-U {c['superuser']} -d {c['database']} -c {shlex.quote(statement)}"
         )
 
     def write_rows(self, first: int, count: int) -> None:
