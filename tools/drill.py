@@ -176,7 +176,9 @@ class WebUI:
     def chat_messages(self, admin: dict, chat_id: str) -> list[dict]:
         answer = requests.get(f"{self.url}/api/v1/chats/{chat_id}", headers=admin["headers"], timeout=60)
         answer.raise_for_status()
-        return [{"role": m["role"], "content": m["content"]} for m in answer.json()["chat"]["messages"]]
+        chat = answer.json()["chat"]
+        listed = chat.get("messages") or list(chat.get("history", {}).get("messages", {}).values())
+        return [{"role": m["role"], "content": m["content"]} for m in listed]
 
 
 def main() -> int:
