@@ -78,7 +78,10 @@ if "apps" in layers:
     # 4. Docker, Open WebUI and Dify (the compose projects: pulled images, or images built on the host
     #    where none can be pulled; Dify only where its images can be pulled).
     docker_changes = docker.deploy_docker(stack=stack)
+    # Where Dify's images cannot be pulled and a PostgreSQL server stands in for its database: its image,
+    # which the restore below loads a dump with.
+    standin_image = dify.build_database_standin(stack=stack)
     # Before the applications start: restored databases are loaded, a changed version pin is snapshotted.
     backup.before_services_start(stack=stack)
     openwebui.deploy_openwebui(stack=stack, docker_changes=docker_changes)
-    dify.deploy_dify(stack=stack)
+    dify.deploy_dify(stack=stack, standin_changes=[*docker_changes, standin_image])

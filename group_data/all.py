@@ -1030,6 +1030,9 @@ dify = {
     # (`curl -fsSL <archive_url> | sha256sum`).
     "sha256": None,
     "profiles": ["weaviate", "postgresql"],
+    # Where Dify's images cannot be pulled: a real PostgreSQL server in its place for db_postgres, so that
+    # its database's backup and restore really run (see group_data/testhost.py). None: Dify's own.
+    "database_standin": None,
     # HTTPS: enabled serves 443 with the certificate in nginx/ssl or from certbot (then run
     # `docker compose exec -it certbot /bin/sh /update-cert.sh` once, see upstream's certbot/README.md).
     "https": {"enabled": False, "certbot": False, "email": ""},

@@ -69,7 +69,43 @@ docker = {
 
 # Dify's release archive is in no package registry reachable from here: the Dify step stops with one
 # message; its .env and override are checked offline (tests/unit/test_compose_rendering.py).
-dify = {"source": "unavailable"}
+dify = {
+    "source": "unavailable",
+    # Dify's images cannot be pulled either, but its database is the state a restore must bring back:
+    # a real PostgreSQL server stands in for db_postgres. Its compose project and service are Dify's
+    # (`dify`, `db_postgres`: the labels kca-backup finds the container by, to dump through it), its
+    # volume, superuser, PGDATA and password secret those of services.dify-db.state (upstream's), and its
+    # image is built here like Open WebUI's: Debian 12's PostgreSQL 15 from the host's own apt on the
+    # host's own OS, tagged as the local build of the image the state names. The deploy starts it after
+    # a restored dump is loaded, as it would start Dify; the rest of Dify stays unstarted.
+    "database_standin": {
+        "service": "dify-db",
+        "compose_file": "docker-compose.db-standin.yaml",
+        "env_file": "/etc/kca/dify-db-standin.env",
+        "local_build": {
+            "apt_packages": ["postgresql-15"],
+            # The postgres account at the alpine image's uid (container_uids), before the package makes
+            # one; no cluster of Debian's own (the entrypoint makes it in PGDATA, as the official image's).
+            "prepare": [
+                "groupadd --system --gid 70 postgres",
+                "useradd --system --uid 70 --gid 70 --home-dir /var/lib/postgresql --shell /bin/bash postgres",
+                "mkdir -p /etc/postgresql-common",
+                "echo 'create_main_cluster = false' > /etc/postgresql-common/createcluster.conf",
+            ],
+            "files": {
+                "/usr/local/bin/docker-entrypoint.sh": "files/opt/ai-platform/images/dify-db/docker-entrypoint.sh"
+            },
+            # The server's own binaries first (pg_dumpall, psql, pg_isready through `docker exec`).
+            "environment": {
+                "PATH": "/usr/lib/postgresql/15/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+            },
+            # The official image's: a fast shutdown on docker stop.
+            "stop_signal": "SIGINT",
+            "entrypoint": ["docker-entrypoint.sh"],
+            "command": ["postgres"],
+        },
+    },
+}
 
 # The restic repository: a folder of the control machine bound into the test host (testhost/testhost),
 # off the test host's root filesystem, so it outlives the host as an off-site repository outlives the

@@ -24,6 +24,7 @@ from kca_stack import Stack
 from kca_stack.model import StateItem
 
 from . import ops
+from .images import image_ref
 
 SOURCE = "tasks/backup.py"
 SCRIPT = "/usr/local/sbin/kca-backup"
@@ -63,6 +64,9 @@ def state_entry(stack: Stack, item: StateItem) -> dict:
         entry["compose_service"] = service.settings.compose_service
     if item.kind == "postgresql":
         entry["postgresql"] = asdict(item.postgresql)
+        # Where images cannot be pulled, the restore loads the dump with the image built on the host.
+        image, _, tag = item.postgresql.image.partition(":")
+        entry["postgresql"]["image"] = image_ref(stack, image, tag or "latest")
     return entry
 
 

@@ -1,7 +1,11 @@
 """Dify: the official release's docker/ folder at a pinned tag (checked by sha256), a .env with every
 upstream default secret replaced on the host, and a docker-compose.override.yaml that publishes
 exactly what the stack's port map says. `compose up` runs only where images can be pulled, only when
-something it reads changed, and only after the merged project was checked to publish nothing else."""
+something it reads changed, and only after the merged project was checked to publish nothing else.
+
+Where Dify's images cannot be pulled, `dify.database_standin` may put a real PostgreSQL server in place
+of db_postgres (the test host): its image is built on the host before a restored dump is loaded into
+its volume, and it starts where Dify would."""
 
 from __future__ import annotations
 
@@ -16,10 +20,13 @@ from kca_stack import Service, Stack
 
 from . import ops
 from .docker import COMPOSE, COMPOSE_PORTS, compose_up, published_lines, render_with_secrets, secret_placeholder
+from .images import build_local_image, image_ref
 from .util import CACHE_DIR, sha256_of
 
 SOURCE = "tasks/dify.py"
 ENV_TEMPLATE = "templates/opt/ai-platform/dify-official/docker/env.j2"
+STANDIN_COMPOSE_TEMPLATE = "templates/opt/ai-platform/dify-official/docker/docker-compose.db-standin.yaml.j2"
+STANDIN_ENV_TEMPLATE = "templates/etc/kca/dify-db-standin.env.in.j2"
 OVERRIDE_TEMPLATE = "templates/opt/ai-platform/dify-official/docker/docker-compose.override.yaml.j2"
 PROJECT = "dify"
 SECRETS_CHECK = "/usr/local/sbin/kca-compose-secrets"
@@ -180,15 +187,102 @@ def fetch_release(stack: Stack, folder: str):
     )
 
 
+def standin_state(stack: Stack):
+    """The state entry of the database the stand-in replaces (its volume, superuser, PGDATA, secret)."""
+    name = stack.dify["database_standin"]["service"]
+    return next(item for item in stack.backup.state if item.owner == name)
+
+
+def standin_image(stack: Stack) -> tuple[str, str]:
+    """(image, tag) of the database the stand-in replaces: the one its state's restore runs too."""
+    image, _, tag = standin_state(stack).postgresql.image.partition(":")
+    return image, tag or "latest"
+
+
+def standin_context(stack: Stack) -> dict:
+    """The stand-in's compose file: every value from the data of the service it stands in for."""
+    standin = stack.dify["database_standin"]
+    service = stack.services[standin["service"]]
+    state = standin_state(stack)
+    postgresql = state.postgresql
+    port = service.ports[0]
+    return {
+        "source": SOURCE,
+        "project": service.compose_project,
+        "service": compose_name(service),
+        "image": image_ref(stack, *standin_image(stack)),
+        "env_file": standin["env_file"],
+        "superuser": postgresql.user,
+        "database": stack.dify["environment"]["DB_DATABASE"],
+        "pgdata": postgresql.pgdata,
+        "volume": state.paths[0],
+        "mount": postgresql.mount,
+        "bind": service.bind,
+        "port": port.number,
+        "container_port": port.target,
+    }
+
+
+@deploy("Dify's database stand-in (image)")
+def build_database_standin(stack: Stack):
+    """The stand-in's image, before the deploy loads a restored dump with it. Returns the operation whose
+    change means a new image (None: no stand-in, or the image is present)."""
+    standin = stack.dify.get("database_standin")
+    if not standin or stack.docker["pull_images"]:
+        return None
+    service = stack.services[standin["service"]]
+    return build_local_image(
+        stack=stack,
+        image=service.name,
+        ref=image_ref(stack, *standin_image(stack)),
+        title=f"{service.title} standing in for Dify's {compose_name(service)}",
+        build=standin["local_build"],
+        port=service.ports[0].target,
+    )
+
+
+def start_database_standin(stack: Stack, image_changes: list) -> None:
+    standin = stack.dify["database_standin"]
+    folder = stack.paths["dify"]
+    context = standin_context(stack)
+    env_ops = render_with_secrets(
+        "Dify database stand-in environment",
+        STANDIN_ENV_TEMPLATE,
+        standin["env_file"],
+        {
+            "source": SOURCE,
+            "env_file": standin["env_file"],
+            "password": secret_placeholder(standin_state(stack).postgresql.password_secret),
+        },
+    )
+    compose = ops.install_files(
+        name=f"Install {folder}/{standin['compose_file']}",
+        files=[ops.template(STANDIN_COMPOSE_TEMPLATE, f"{folder}/{standin['compose_file']}", **context)],
+    )
+    compose_up(
+        name="Converge Dify's database stand-in (docker compose up -d)",
+        project=context["project"],
+        folder=folder,
+        compose_args=["-f", standin["compose_file"]],
+        triggers=[compose, *env_ops, *image_changes],
+        wait=120,
+    )
+
+
 @deploy("Dify")
-def deploy_dify(stack: Stack) -> None:
+def deploy_dify(stack: Stack, standin_changes: list | None = None) -> None:
     cfg = stack.dify
     folder = stack.paths["dify"]
+    standin = cfg.get("database_standin") and not stack.docker["pull_images"]
     if cfg["source"] == "unavailable":
         logger.warning(
             f"{host.name}: Dify's release archive cannot be reached here (dify.source = unavailable): "
             "Dify is not installed. Its .env and override are tested offline (tests/unit/test_compose_rendering.py)."
+            + (" A real PostgreSQL server stands in for its database (dify.database_standin)." if standin else "")
         )
+        if standin:
+            ops.directories(name=f"Create {folder}", dirs=[ops.HostDirectory(folder, mode="0755")])
+            start_database_standin(stack, standin_changes or [])
         return
 
     release = fetch_release(stack, folder)

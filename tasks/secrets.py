@@ -18,7 +18,7 @@ def secret_path(stack: Stack, name: str) -> str:
 
 def generate_command(path: str, size: int) -> str:
     """Create the secret file at `path` (root-only from the start) unless it exists: the test is on the
-    host, in the same command, so that no run ever replaces a secret.
+    host, in the same command, so that no run ever replaces a secret (an empty file is no secret).
 
     A secret that exists is never generated again, so a partial one would stay partial for good: it is
     written beside its place and renamed, the bytes and the rename each forced to disk (`sync FILE` is
@@ -26,7 +26,7 @@ def generate_command(path: str, size: int) -> str:
     overwritten, and an empty one is never renamed into place."""
     tmp, final, folder = (shlex.quote(p) for p in (f"{path}.tmp", path, path.rsplit("/", 1)[0] or "/"))
     return (
-        f"[ -e {final} ] || {{ umask 077; head -c {size} /dev/urandom | base64 | tr -d '\\n/+=' > {tmp}"
+        f"[ -s {final} ] || {{ umask 077; head -c {size} /dev/urandom | base64 | tr -d '\\n/+=' > {tmp}"
         f" && [ -s {tmp} ] && sync {tmp} && mv -T {tmp} {final} && sync {folder}; }}"
     )
 

@@ -116,6 +116,12 @@ def compose_project_runs(stack, project: str) -> bool:
     return stack.docker["pull_images"] and stack.dify.get("source") != "unavailable"
 
 
+def standin_of(stack) -> str | None:
+    """The service a stand-in runs for where its own images cannot be pulled (dify.database_standin)."""
+    standin = stack.dify.get("database_standin")
+    return standin["service"] if standin and not stack.docker["pull_images"] else None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--group", help="whose data describes the target (default: the inventory's target)")
@@ -152,7 +158,11 @@ def main() -> int:
         for s in services:
             gpu_missing = not stack.runnable_here(s)
             health_path = getattr(s.settings, "health_path", None)
-            if not s.is_systemd:
+            if not s.is_systemd and standin_of(stack) == s.name:
+                # A real server stands in for it (no HTTP health of its own): it must listen.
+                state, should_answer = f"stand-in {s.compose_project}", False
+                problems += s.port not in listening
+            elif not s.is_systemd:
                 runs = compose_project_runs(stack, s.compose_project)
                 state = f"compose {s.compose_project}" if runs else "not started here"
                 should_answer = runs and bool(health_path)

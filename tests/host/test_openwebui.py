@@ -21,14 +21,17 @@ import pytest
 import requests
 from chromium import Browser  # tests/host/chromium.py
 
+from testhost import contract
+
 # The first start migrates Open WebUI's database: give it time.
 READY_TIMEOUT_S = 300
 JOURNEYS: list[tuple[str, str, float]] = []
 # The button that closes the release notes shown to a new account.
 OKAY = "Okay, Let's Go!"
 ROOT = Path(__file__).resolve().parents[2]
-# The test admin's account on the test host (a throwaway password), for re-runs against a kept host.
-ADMIN_ACCOUNT = Path(os.environ.get("KCA_STATE_DIR", "/var/lib/kca-testhost")) / "openwebui-test-admin.json"
+# The test admin's account on the test host (a throwaway password), for re-runs against a kept host and
+# for the drill (tools/drill.py), which signs in with it after a rebuild. In this instance's state folder.
+ADMIN_ACCOUNT = contract.instance().state_dir / "openwebui-test-admin.json"
 SCREENSHOT = Path(os.environ.get("KCA_CACHE_DIR", "/var/cache/kca-ai-infra")) / "logs" / "openwebui-chat.png"
 
 # A text whose passages are far apart in meaning, each longer than half of Open WebUI's default chunk
@@ -90,41 +93,64 @@ class Journey:
         return False
 
 
-@pytest.fixture(scope="module")
-def webui(stack, service_url):
-    url = service_url(stack.openwebui["service"])
-    deadline = time.monotonic() + READY_TIMEOUT_S
+def wait_until_ready(url: str, timeout: float = READY_TIMEOUT_S) -> bool:
+    """Whether Open WebUI answers /health within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
     while True:
         try:
             if requests.get(f"{url}/health", timeout=5).ok:
-                return url
+                return True
         except requests.RequestException:
             pass
         if time.monotonic() > deadline:
-            pytest.fail(f"Open WebUI did not answer /health within {READY_TIMEOUT_S} s")
+            return False
         time.sleep(2)
 
 
 @pytest.fixture(scope="module")
+def webui(stack, service_url):
+    url = service_url(stack.openwebui["service"])
+    if not wait_until_ready(url):
+        pytest.fail(f"Open WebUI did not answer /health within {READY_TIMEOUT_S} s")
+    return url
+
+
+def signed_in(account: dict, answer: requests.Response) -> dict:
+    body = answer.json()
+    token = body["token"]
+    return {**account, "role": body["role"], "token": token, "headers": {"Authorization": f"Bearer {token}"}}
+
+
+def sign_in(webui: str, account: dict) -> requests.Response:
+    fields = {"email": account["email"], "password": account["password"]}
+    return requests.post(f"{webui}/api/v1/auths/signin", json=fields, timeout=60)
+
+
+def sign_up_or_in(webui: str) -> tuple[dict, str]:
+    """(the admin signed in, how): the first user to sign up becomes the admin (as on a new server).
+    Against a kept host, where that happened on an earlier run, the account saved then signs in."""
+    account = {"name": "KCA Admin", "email": "admin@kca.test", "password": "kca-" + uuid.uuid4().hex[:16]}
+    answer = requests.post(f"{webui}/api/v1/auths/signup", json=account, timeout=60)
+    how = f"admin {account['email']}"
+    if answer.status_code == 200:
+        ADMIN_ACCOUNT.parent.mkdir(parents=True, exist_ok=True)
+        ADMIN_ACCOUNT.touch(mode=0o600)
+        ADMIN_ACCOUNT.write_text(json.dumps(account))
+    elif ADMIN_ACCOUNT.exists():
+        account = json.loads(ADMIN_ACCOUNT.read_text())
+        answer = sign_in(webui, account)
+        how = "signed in (the admin exists from an earlier run)"
+    assert answer.status_code == 200, f"neither sign-up nor the saved admin works: {answer.text[:200]}"
+    admin = signed_in(account, answer)
+    assert admin["role"] == "admin", answer.json()
+    return admin, how
+
+
+@pytest.fixture(scope="module")
 def admin(webui) -> dict:
-    """The first user to sign up becomes the admin (as on a new server). Against a kept host, where
-    that happened on an earlier run, the account saved then signs in."""
     with Journey("sign up the first user (admin)") as journey:
-        account = {"name": "KCA Admin", "email": "admin@kca.test", "password": "kca-" + uuid.uuid4().hex[:16]}
-        answer = requests.post(f"{webui}/api/v1/auths/signup", json=account, timeout=60)
-        if answer.status_code == 200:
-            ADMIN_ACCOUNT.parent.mkdir(parents=True, exist_ok=True)
-            ADMIN_ACCOUNT.write_text(json.dumps(account))
-            ADMIN_ACCOUNT.chmod(0o600)
-            journey.result = f"admin {answer.json()['email']}"
-        elif ADMIN_ACCOUNT.exists():
-            account = json.loads(ADMIN_ACCOUNT.read_text())
-            answer = requests.post(f"{webui}/api/v1/auths/signin", json=account, timeout=60)
-            journey.result = "signed in (the admin exists from an earlier run)"
-        assert answer.status_code == 200, f"neither sign-up nor the saved admin works: {answer.text[:200]}"
-        body = answer.json()
-        assert body["role"] == "admin", body
-    return {**account, "token": body["token"], "headers": {"Authorization": f"Bearer {body['token']}"}}
+        admin, journey.result = sign_up_or_in(webui)
+    return admin
 
 
 def llm_services(stack):
@@ -166,19 +192,26 @@ def test_model_list_is_the_running_scenario(host, stack, webui, admin):
         journey.result = ", ".join(sorted(expected))
 
 
+def complete(webui: str, admin: dict, model: str, messages: list[dict]) -> str:
+    """One chat completion through Open WebUI: the answer's text (its reasoning where it gives no content)."""
+    answer = requests.post(
+        f"{webui}/api/chat/completions",
+        headers=admin["headers"],
+        json={"model": model, "stream": False, "messages": messages},
+        timeout=180,
+    )
+    assert answer.status_code == 200, f"{model}: {answer.status_code} {answer.text[:300]}"
+    message = answer.json()["choices"][0]["message"]
+    text = message.get("content") or message.get("reasoning_content")
+    assert text, f"{model}: empty answer"
+    return text
+
+
 def test_chat_with_each_listed_model(host, stack, webui, admin):
     with Journey("one chat completion with each listed model") as journey:
         answered = []
         for model in sorted(listed_models(webui, admin)):
-            answer = requests.post(
-                f"{webui}/api/chat/completions",
-                headers=admin["headers"],
-                json={"model": model, "stream": False, "messages": [{"role": "user", "content": "Say hello."}]},
-                timeout=180,
-            )
-            assert answer.status_code == 200, f"{model}: {answer.status_code} {answer.text[:300]}"
-            message = answer.json()["choices"][0]["message"]
-            assert message.get("content") or message.get("reasoning_content"), f"{model}: empty answer"
+            complete(webui, admin, model, [{"role": "user", "content": "Say hello."}])
             answered.append(model)
         assert answered, "Open WebUI lists no model"
         journey.result = f"{len(answered)} answered"
@@ -219,6 +252,11 @@ def requests_logged(host, unit: str, path: str, since: str) -> int:
 def knowledge_base(host, stack, webui, admin):
     """A text file uploaded, processed and added to a new knowledge base: (id, host time it started)."""
     since = host.check_output("date '+%Y-%m-%d %H:%M:%S'")
+    return create_knowledge_base(webui, admin, "kca server notes"), since
+
+
+def create_knowledge_base(webui: str, admin: dict, name: str) -> str:
+    """KNOWLEDGE as a text file, uploaded, processed and added to a new knowledge base: its id."""
     text = "\n\n".join(KNOWLEDGE.values()) + "\n"
     upload = requests.post(
         f"{webui}/api/v1/files/",
@@ -240,7 +278,7 @@ def knowledge_base(host, stack, webui, admin):
     created = requests.post(
         f"{webui}/api/v1/knowledge/create",
         headers=admin["headers"],
-        json={"name": "kca server notes", "description": "journey test"},
+        json={"name": name, "description": "journey test"},
         timeout=60,
     )
     assert created.status_code == 200, created.text
@@ -252,7 +290,7 @@ def knowledge_base(host, stack, webui, admin):
         timeout=180,
     )
     assert added.status_code == 200, added.text
-    return knowledge_id, since
+    return knowledge_id
 
 
 def retrieve(webui, admin, knowledge_id: str, query: str) -> list[str]:
