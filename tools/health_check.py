@@ -39,21 +39,23 @@ from tools.reach import Tunnels, ssh_args  # noqa: E402
 
 
 def host_state(ssh_target: list[str], units: list[str], mountpoint: str) -> tuple[dict[str, str], set[int], bool]:
-    """Each unit's active state, the TCP ports something listens on, and whether `mountpoint` is
-    mounted, in one ssh round trip."""
+    """Each unit's active state, the TCP ports something listens on, and whether `mountpoint` is missing
+    (the host's fstab names a filesystem for it and none is mounted there), in one ssh round trip."""
+    where = shlex.quote(mountpoint)
     script = "; ".join(f"echo unit {u} $(systemctl is-active {u})" for u in units)
-    script += f"; findmnt -n {shlex.quote(mountpoint)} >/dev/null && echo mounted; ss -Htln"
+    script += f"; awk -v m={where} '$2 == m {{ f = 1 }} END {{ exit !f }}' /etc/fstab"
+    script += f" && ! findmnt -n {where} >/dev/null && echo missing; ss -Htln"
     out = subprocess.run(["ssh", *ssh_target, script], capture_output=True, text=True, check=True).stdout
-    states, listening, mounted = {}, set(), False
+    states, listening, missing = {}, set(), False
     for line in out.splitlines():
         fields = line.split()
         if fields[:1] == ["unit"]:
             states[fields[1]] = fields[2] if len(fields) > 2 else "unknown"
-        elif fields == ["mounted"]:
-            mounted = True
+        elif fields == ["missing"]:
+            missing = True
         elif len(fields) >= 4:
             listening.add(int(fields[3].rsplit(":", 1)[1]))
-    return states, listening, mounted
+    return states, listening, missing
 
 
 def env_value(ssh_target: list[str], path: str, key: str) -> str:
@@ -138,13 +140,12 @@ def main() -> int:
     address = args.target.split("@")[-1]
     services = [s for s in stack.services.values() if s.port]
     fs = stack.models_filesystem
-    states, listening, mounted = host_state(target, [s.unit for s in services if s.unit], fs.mountpoint)
-    # A models disk that is dead or missing: the units that read from it fail on RequiresMountsFor=, and
-    # the table says so rather than leaving the operator to read the journal.
-    models_missing = fs.device is not None and not mounted
+    states, listening, models_missing = host_state(target, [s.unit for s in services if s.unit], fs.mountpoint)
+    # A models disk that is dead or missing (the host's fstab names it, nothing is mounted): the units that
+    # read from it fail on RequiresMountsFor=, and the table says so rather than leave it to the journal.
     if models_missing:
-        print(f"{fs.mountpoint} is not mounted (models_filesystem.device {fs.device}): the services that read")
-        print("from it cannot start; check the disk (lsblk, journalctl -b -u the mount unit), then reboot")
+        print(f"{fs.mountpoint} is not mounted, though /etc/fstab names a filesystem for it: the services that")
+        print("read from it cannot start; check the disk (lsblk, journalctl -b), then reboot")
     tunnels = Tunnels(target)
 
     def reach(service, path="/health", key=None):
