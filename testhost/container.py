@@ -58,7 +58,7 @@ class Container:
         # The tarball the rootfs came from, bound into the guest as the base of its local images.
         self.tarball_file = instance.state_dir / "tarball"
         # nspawn names the host end of the veth after the machine (at most 15 characters).
-        self.link = f"ve-{instance.machine}"
+        self.link = instance.container_link
 
     # ---- processes ---------------------------------------------------------------------------------
 

@@ -53,6 +53,16 @@ class Instance:
         return f"10.213.{FIRST_SUBNET_OCTET + self.number}.2"
 
     @property
+    def container_link(self) -> str:
+        """The host end of the container's veth (systemd-nspawn names it ve-<machine>)."""
+        return f"ve-{self.machine}"
+
+    @property
+    def vm_link(self) -> str:
+        """The VM's tap device on this machine."""
+        return f"tap-{self.machine}"
+
+    @property
     def nft_table(self) -> str:
         """The host's masquerade table for the guest subnet."""
         return "kca_testhost" if self.number == 0 else f"kca_testhost_{self.number}"

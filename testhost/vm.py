@@ -156,7 +156,7 @@ class VirtualMachine:
         self.console_log = self.state / "console.log"
         self.args_file = self.state / "qemu.json"
         # The tap device on this machine's side (at most 15 characters).
-        self.link = f"tap-{instance.machine}"
+        self.link = instance.vm_link
 
     # ---- image -------------------------------------------------------------------------------------
 

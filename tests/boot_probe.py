@@ -11,22 +11,29 @@ import time
 class Prober(threading.Thread):
     """Connects to the guest from this machine over and over. The internal ports are tried every 0.2 s
     (each with a short timeout, since a firewall that drops answers nothing); SSH every 2 s only (sshd
-    throttles a burst of unauthenticated connections)."""
+    throttles a burst of unauthenticated connections).
 
-    def __init__(self, address: str, internal: list[int], timeout: float = 0.3):
+    Every connection is bound to the guest's link on this machine (`device`, SO_BINDTODEVICE): while the
+    guest is down its link is gone, and a connection that left by another route (this machine's default
+    one, where a middlebox may accept any TCP connection) would be taken for the guest answering."""
+
+    def __init__(self, address: str, internal: list[int], device: str, timeout: float = 0.3):
         super().__init__(daemon=True)
-        self.address, self.internal, self.timeout = address, internal, timeout
+        self.address, self.internal, self.device, self.timeout = address, internal, device, timeout
         self.stop = threading.Event()
         self.seen: list[tuple[float, int, str]] = []
 
     def knock(self, port: int) -> None:
         try:
-            with socket.create_connection((self.address, port), timeout=self.timeout):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, self.device.encode())
+                sock.settimeout(self.timeout)
+                sock.connect((self.address, port))
                 verdict = "open"
         except ConnectionRefusedError:
             verdict = "refused"
         except OSError:
-            verdict = "no answer"
+            verdict = "no answer"  # dropped, timed out, or the link is gone (the guest is down)
         self.seen.append((time.monotonic(), port, verdict))
 
     def run(self):

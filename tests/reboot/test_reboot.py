@@ -20,6 +20,7 @@ from boot_probe import Prober  # tests/boot_probe.py
 from testhost import contract
 
 ROOT = contract.__file__.rsplit("/testhost/", 1)[0]
+TESTHOST_INSTANCE = contract.instance()
 TESTHOST = [f"{ROOT}/testhost/testhost"]
 HEALTHY_WITHIN_S = 600  # a bound for the test, not a target: the figure is printed
 
@@ -33,7 +34,7 @@ def test_reboot_firewall_first_and_the_boot_scenario_back_healthy(stack, ssh_tar
     boot_units = [s.unit for s in stack.systemd_services() if stack.starts_at_boot(s) and stack.runnable_here(s)]
     boot_id = remote(ssh_target, "cat /proc/sys/kernel/random/boot_id")
 
-    prober = Prober(target_address, internal)
+    prober = Prober(target_address, internal, device=TESTHOST_INSTANCE.container_link)
     prober.start()
     started = time.monotonic()
     reboot = subprocess.run([*TESTHOST, "reboot"], capture_output=True, text=True)

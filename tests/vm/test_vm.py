@@ -105,7 +105,7 @@ def test_reboot_firewall_before_listeners_and_everything_back(vm):
     )
     vm.ssh(f"for i in $(seq 50); do ss -Htln | grep -q ':{internal} ' && exit 0; sleep 0.5; done; exit 1")
     uuid_before = vm.ssh(f"findmnt -n -o UUID {MOUNTPOINT}").strip()
-    prober = Prober(vm.instance.guest_address, [internal])
+    prober = Prober(vm.instance.guest_address, [internal], device=vm.instance.vm_link)
     prober.start()
     started = time.monotonic()
     reboot = subprocess.run([*TESTHOST, "reboot"], capture_output=True, text=True)
