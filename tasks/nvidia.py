@@ -26,6 +26,17 @@ def _reboot_required(message: str) -> None:
     logger.warning(message)
 
 
+def signed_repository(label: str, key_url: str, keyring: str, fingerprint: str, url: str, sources: str):
+    """One of NVIDIA's flat apt repositories: its signing key, refused unless it has `fingerprint`, the
+    source line signed by it, and a package index refreshed when that line changed."""
+    fetch_signing_key(f"{label} key", key_url, keyring, fingerprint, dearmor=True)
+    written = ops.install_files(
+        name=f"Add {label}",
+        files=[ops.HostFile(sources, text=f"deb [signed-by={keyring}] {url} /\n")],
+    )
+    apt.update(name=f"Refresh the package index ({label} changed)", _if=written.did_change)
+
+
 @operation()
 def say_driver_age(min_major: int):
     """A warning when the driver found is older than the GPU needs (this run installs the newer one)."""
@@ -57,19 +68,14 @@ def deploy_nvidia(stack: Stack) -> None:
 
     ops.packages(name="Install gnupg (checks the repositories' keys)", packages=["gnupg"])
     cuda = nvidia.cuda_repository
-    fetch_signing_key(
-        "NVIDIA's CUDA repository key", cuda.key_url.format(repo=repo), cuda.keyring, cuda.key_fingerprint, dearmor=True
+    signed_repository(
+        "NVIDIA's CUDA repository",
+        cuda.key_url.format(repo=repo),
+        cuda.keyring,
+        cuda.key_fingerprint,
+        cuda.repo_url.format(repo=repo),
+        "/etc/apt/sources.list.d/cuda.list",
     )
-    cuda_sources = ops.install_files(
-        name="Add NVIDIA's CUDA repository",
-        files=[
-            ops.HostFile(
-                "/etc/apt/sources.list.d/cuda.list",
-                text=f"deb [signed-by={cuda.keyring}] {cuda.repo_url.format(repo=repo)} /\n",
-            )
-        ],
-    )
-    apt.update(name="Refresh the package index (NVIDIA's CUDA repository changed)", _if=cuda_sources.did_change)
 
     # Before any driver package is chosen: apt may pick NVIDIA's packages only from the pinned branch.
     branch = nvidia.driver_branch
@@ -108,18 +114,14 @@ def deploy_nvidia(stack: Stack) -> None:
     )
 
     toolkit = nvidia.container_toolkit
-    keyring = toolkit.keyring
-    fetch_signing_key("NVIDIA's container toolkit key", toolkit.key_url, keyring, toolkit.key_fingerprint, dearmor=True)
-    sources = ops.install_files(
-        name="Add NVIDIA's container toolkit repository",
-        files=[
-            ops.HostFile(
-                "/etc/apt/sources.list.d/nvidia-container-toolkit.list",
-                text=f"deb [signed-by={keyring}] {toolkit.repo_url} /\n",
-            )
-        ],
+    signed_repository(
+        "NVIDIA's container toolkit repository",
+        toolkit.key_url,
+        toolkit.keyring,
+        toolkit.key_fingerprint,
+        toolkit.repo_url,
+        "/etc/apt/sources.list.d/nvidia-container-toolkit.list",
     )
-    apt.update(name="Refresh the package index (NVIDIA's toolkit repository changed)", _if=sources.did_change)
     # The Docker layer declares the nvidia runtime in daemon.json itself (what `nvidia-ctk runtime
     # configure` would write), so that one file has one writer.
     ops.packages(name="Install nvidia-container-toolkit", packages=list(toolkit.packages), no_recommends=False)
