@@ -11,7 +11,6 @@ import subprocess
 import pytest
 
 from tasks import ops
-from tasks.secrets import generate_command
 from tasks.util import all_owned_by_test, owned_by_test
 
 
@@ -93,16 +92,6 @@ def test_owned_by_test_finds_a_file_of_another_owner(tmp_path):
     trees = [str(tmp_path / "sub"), str(tmp_path / "other")]
     assert passes(all_owned_by_test(trees, "nobody-here", os.getuid()))
     assert not passes(all_owned_by_test(trees, "nobody-here", os.getuid() + 4242))
-
-
-def test_the_secret_generator_never_replaces_a_secret(tmp_path):
-    secret = tmp_path / "api-key"
-    sh(generate_command(str(secret), 32))
-    first = secret.read_text()
-    assert len(first) >= 32 and first.isalnum()
-    assert secret.stat().st_mode & 0o777 == 0o600
-    sh(generate_command(str(secret), 32))
-    assert secret.read_text() == first
 
 
 @pytest.mark.parametrize(
