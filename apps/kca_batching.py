@@ -96,9 +96,11 @@ class Batcher:
         self._admitted = 0  # admitted and not yet answered: the bound applies to this
         self._arriving = 0  # admitted and not yet submitted (reading, tokenizing)
         self._thread: threading.Thread | None = None
-        # Figures for /health and the benchmark.
+        # Figures for /health and the benchmark: forward passes run, texts embedded or scored, and
+        # requests answered (each with all its texts; the counts only grow).
         self.passes = 0
         self.texts = 0
+        self.answered = 0
 
     # --- the request side (event loop) ----------------------------------------------------------
 
@@ -189,6 +191,7 @@ class Batcher:
                 r.results[i] = output
                 r.remaining -= 1
                 if r.remaining == 0:
+                    self.answered += 1
                     r.loop.call_soon_threadsafe(_settle, r.future, r.results, None)
 
 

@@ -39,15 +39,20 @@ Every loop is bounded in time or count; nothing runs in the background after it 
 from __future__ import annotations
 
 import argparse
+import http.client
 import io
+import json
+import multiprocessing
 import os
 import statistics
 import subprocess
 import threading
 import time
 import zipfile
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 from xml.sax.saxutils import escape
 
 import requests
@@ -201,6 +206,7 @@ class LoadResult:
     refused_with_retry_after: int = 0
     failed: int = 0  # anything else that is not a 200
     seconds: float = 0.0
+    cores: float | None = None  # the server's CPU seconds per second of the row, where its pid is known
 
     @property
     def rate(self) -> float:
@@ -212,76 +218,140 @@ class LoadResult:
         ordered = sorted(self.latencies)
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
+    def add(self, other: LoadResult) -> None:
+        self.items += other.items
+        self.latencies += other.latencies
+        self.refused += other.refused
+        self.refused_with_retry_after += other.refused_with_retry_after
+        self.failed += other.failed
 
-def embedding_call(url: str, model: str | None, texts: list[str]):
+
+@dataclass(frozen=True)
+class Call:
+    """One client's request, sent again and again: plain data, so that it can go to a client process."""
+
+    url: str  # the server's base URL
+    path: str
+    body: bytes
+    answers: str  # the response's list whose length counts: "data" (embeddings) or "results" (rerank)
+
+
+def embedding_call(url: str, model: str | None, texts: list[str]) -> Call:
     body: dict = {"input": texts}
     if model:
         body["model"] = model
-
-    def call(session: requests.Session) -> tuple[int, int, requests.Response]:
-        response = session.post(f"{url}/v1/embeddings", json=body, timeout=TIMEOUT)
-        count = len(response.json()["data"]) if response.status_code == 200 else 0
-        return response.status_code, count, response
-
-    return call
+    return Call(url, "/v1/embeddings", json.dumps(body).encode(), "data")
 
 
-def rerank_call(url: str, model: str | None, query: str, documents: list[str]):
+def rerank_call(url: str, model: str | None, query: str, documents: list[str]) -> Call:
     body: dict = {"query": query, "documents": documents, "return_documents": False}
     if model:
         body["model"] = model
-
-    def call(session: requests.Session) -> tuple[int, int, requests.Response]:
-        response = session.post(f"{url}/v1/rerank", json=body, timeout=TIMEOUT)
-        count = len(response.json()["results"]) if response.status_code == 200 else 0
-        return response.status_code, count, response
-
-    return call
+    return Call(url, "/v1/rerank", json.dumps(body).encode(), "results")
 
 
-def drive(calls: list, seconds: float, warmup: float = 1.0, honour_retry_after: bool = False) -> LoadResult:
-    """One thread per client, each with its own connection, calling in a loop for warmup + seconds.
-    Counted: requests that end within the window (after the warm-up), however long ago they began:
-    with many clients one request can take longer than the window."""
-    result = LoadResult()
-    lock = threading.Lock()
-    start = time.perf_counter() + 0.2  # all threads are up before anyone counts
-    window_start, window_end = start + warmup, start + warmup + seconds
+def _client(call: Call, start: float, window: tuple[float, float], honour_retry_after: bool, result, lock) -> None:
+    """One client: its own keep-alive connection, calling until the window ends.
 
-    def client(call) -> None:
-        with requests.Session() as session:
-            while time.perf_counter() < start:
-                time.sleep(0.01)
-            while (began := time.perf_counter()) < window_end:
-                try:
-                    status, count, response = call(session)
-                except (requests.RequestException, ValueError, KeyError):
-                    status, count, response = 0, 0, None
-                ended = time.perf_counter()
-                counted = window_start <= ended <= window_end
-                with lock:
-                    if status == 200 and counted:
-                        result.items += count
-                        result.latencies.append(ended - began)
-                    elif status == 503:
-                        result.refused += 1
-                        result.refused_with_retry_after += "Retry-After" in response.headers
-                    elif status != 200:
-                        result.failed += 1
-                if status == 503 and honour_retry_after:
-                    left = window_end - time.perf_counter()
-                    time.sleep(max(0.0, min(float(response.headers.get("Retry-After", 1)), left, 1.0)))
+    http.client, not requests: a requests call costs the client process about as much CPU as a
+    small request costs the server, and the load would then measure the client."""
+    address = urlsplit(call.url)
+    headers = {"Content-Type": "application/json"}
 
-    threads = [threading.Thread(target=client, args=(call,), daemon=True) for call in calls]
+    def connect() -> http.client.HTTPConnection:
+        return http.client.HTTPConnection(address.hostname, address.port or 80, timeout=TIMEOUT)
+
+    connection = connect()
+    while time.time() < start:
+        time.sleep(0.01)
+    while (began := time.time()) < window[1]:
+        retry_after = None
+        try:
+            connection.request("POST", call.path, body=call.body, headers=headers)
+            response = connection.getresponse()
+            data = response.read()
+            status, retry_after = response.status, response.getheader("Retry-After")
+            count = len(json.loads(data)[call.answers]) if status == 200 else 0
+        except (OSError, http.client.HTTPException, ValueError, KeyError):
+            status, count = 0, 0
+            connection.close()  # a closed or broken connection: the next call opens a new one
+            connection = connect()
+        ended = time.time()
+        with lock:
+            if status == 200 and window[0] <= ended <= window[1]:
+                result.items += count
+                result.latencies.append(ended - began)
+            elif status == 503:
+                result.refused += 1
+                result.refused_with_retry_after += retry_after is not None
+            elif status != 200:
+                result.failed += 1
+        if status == 503 and honour_retry_after:
+            left = window[1] - time.time()
+            time.sleep(max(0.0, min(float(retry_after or 1), left, 1.0)))
+    connection.close()
+
+
+def run_clients(calls: list[Call], start: float, warmup: float, seconds: float, honour_retry_after: bool) -> LoadResult:
+    """One thread per call in this process, all starting at `start` (wall clock, shared by processes)."""
+    result, lock = LoadResult(), threading.Lock()
+    window = (start + warmup, start + warmup + seconds)
+    threads = [
+        threading.Thread(target=_client, args=(c, start, window, honour_retry_after, result, lock), daemon=True)
+        for c in calls
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(TIMEOUT + warmup + seconds)
-    result.seconds = seconds
     return result
 
 
-def embedding_calls(url: str, model: str | None, clients: int, per_request: int, texts: list[str]) -> list:
+class ClientProcesses:
+    """The load's clients, spread over processes (one Python process runs out of CPU long before a
+    server on a GPU does). The processes are started once and used for every row."""
+
+    def __init__(self, processes: int):
+        self.processes = processes
+        self._pool = None
+        if processes > 1:
+            # spawn: the parent may hold CUDA (the in-process figure), which a forked child must not inherit.
+            self._pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"))
+            list(self._pool.map(time.sleep, [0.2] * processes))  # all started before the first row
+
+    def drive(
+        self, calls: list[Call], seconds: float, warmup: float = 1.0, honour_retry_after: bool = False
+    ) -> LoadResult:
+        """Every call in a loop for warmup + seconds. Counted: requests that end within the window
+        (after the warm-up), however long ago they began: under heavy load one request can take
+        longer than the window."""
+        groups = [calls[i :: self.processes] for i in range(min(self.processes, len(calls)))]
+        start = time.time() + (0.5 if self._pool else 0.2)  # every client is up before anyone counts
+        if self._pool is None or len(groups) == 1:
+            result = run_clients(calls, start, warmup, seconds, honour_retry_after)
+        else:
+            result = LoadResult()
+            futures = [self._pool.submit(run_clients, g, start, warmup, seconds, honour_retry_after) for g in groups]
+            for future in futures:
+                result.add(future.result())
+        result.seconds = seconds
+        return result
+
+    def close(self) -> None:
+        if self._pool:
+            self._pool.shutdown()
+
+
+def measured(load: ClientProcesses, calls: list[Call], seconds: float, pid: int | None) -> LoadResult:
+    """load.drive, and how many cores the server (pid, where known) kept busy meanwhile."""
+    before, started = (cpu_seconds(pid) if pid else 0.0), time.time()
+    result = load.drive(calls, seconds)
+    if pid:
+        result.cores = (cpu_seconds(pid) - before) / (time.time() - started)
+    return result
+
+
+def embedding_calls(url: str, model: str | None, clients: int, per_request: int, texts: list[str]) -> list[Call]:
     """Each client its own texts (no server sees the same request twice in a row)."""
     calls = []
     for c in range(clients):
@@ -290,7 +360,7 @@ def embedding_calls(url: str, model: str | None, clients: int, per_request: int,
     return calls
 
 
-def load_table(args, targets: dict[str, dict], local_rate: float) -> None:
+def load_table(args, targets: dict[str, dict], local_rate: float, load: ClientProcesses) -> None:
     """The rows of LOAD_ROWS and the rerank row, each run against every target in turn."""
     texts = sample_texts(1024)
     documents = sample_texts(RERANK_DOCUMENTS, 50)
@@ -298,29 +368,32 @@ def load_table(args, targets: dict[str, dict], local_rate: float) -> None:
     names = list(targets)
     rows: list[tuple[str, dict[str, LoadResult], str]] = []
     for clients, per_request in LOAD_ROWS:
+        if f"{clients}x{per_request}" not in args.rows:
+            continue
         label = f"{clients} client{'s' if clients > 1 else ''} x {per_request} text{'s' if per_request > 1 else ''}"
         found = {}
         for name in names:
             target = targets[name]
             calls = embedding_calls(target["embedding"], target["embedding_model"], clients, per_request, texts)
-            found[name] = drive(calls, args.load_seconds)
+            found[name] = measured(load, calls, args.load_seconds, target.get("embedding_pid"))
             print(f"  {label:<22} {name:<14} {found[name].rate:8.1f} texts/s", flush=True)
         rows.append((label, found, "texts/s"))
     label = f"rerank {RERANK_CLIENTS} clients x 1x{RERANK_DOCUMENTS}"
     found = {}
     for name in names:
         target = targets[name]
-        if not target.get("reranker"):
+        if not target.get("reranker") or "rerank" not in args.rows:
             continue
         calls = [rerank_call(target["reranker"], target["reranker_model"], query, documents)] * RERANK_CLIENTS
-        found[name] = drive(calls, args.load_seconds)
+        found[name] = measured(load, calls, args.load_seconds, target.get("reranker_pid"))
         print(f"  {label:<22} {name:<14} {found[name].rate:8.1f} docs/s", flush=True)
-    rows.append((label, found, "docs/s"))
+    if found:
+        rows.append((label, found, "docs/s"))
 
     first = names[0]
     header = ["load", "unit"]
     for name in names:
-        header += [f"{name} /s", "p50 ms", "p99 ms", "n"]
+        header += [f"{name} /s", "p50 ms", "p99 ms", "n", "cores"]
     header.append(f"{first} / in-process")
     header += [f"{first} / {name}" for name in names[1:]]
     lines = [header]
@@ -329,10 +402,11 @@ def load_table(args, targets: dict[str, dict], local_rate: float) -> None:
         for name in names:
             r = found.get(name)
             if r is None:
-                line += ["-"] * 4
+                line += ["-"] * 5
                 continue
             p50, p99 = r.percentile(0.5) * 1000, r.percentile(0.99) * 1000
-            line += [f"{r.rate:.1f}", f"{p50:.0f}", f"{p99:.0f}", str(len(r.latencies))]
+            cores = f"{r.cores:.2f}" if r.cores is not None else "-"
+            line += [f"{r.rate:.1f}", f"{p50:.0f}", f"{p99:.0f}", str(len(r.latencies)), cores]
         mine = found.get(first)
         line.append(f"{mine.rate / local_rate:.2f}" if mine and unit == "texts/s" and local_rate else "-")
         for name in names[1:]:
@@ -341,6 +415,8 @@ def load_table(args, targets: dict[str, dict], local_rate: float) -> None:
         lines.append(line)
     print(f"\nin-process: {local_rate:.1f} texts/s (SentenceTransformer.encode, batches of 32, the server's threads)")
     print(f"window per row and server: {args.load_seconds:g} s after a 1 s warm-up; n = requests counted")
+    print(f"clients: threads with one keep-alive connection each, over {load.processes} process(es)")
+    print("cores: the server's CPU time over the row's time (warm-up included), where its pid is known")
     print_markdown(lines)
 
 
@@ -352,7 +428,7 @@ def print_markdown(lines: list[list[str]]) -> None:
             print("|" + "|".join("-" * (width + 2) for width in widths) + "|")
 
 
-def overload(args, pid: int | None) -> list[tuple[str, str]]:
+def overload(args, pid: int | None, load: ClientProcesses) -> list[tuple[str, str]]:
     """4 x max_queued_requests clients for --overload-seconds, then one normal request."""
     health = requests.get(f"{args.embedding_url}/health", timeout=TIMEOUT).json()
     bound = health.get("max_queued_requests")
@@ -362,7 +438,7 @@ def overload(args, pid: int | None) -> list[tuple[str, str]]:
     texts = sample_texts(1024)
     calls = embedding_calls(args.embedding_url, args.embedding_model, clients, 16, texts)
     print(f"  overload: {clients} clients x 16 texts for {args.overload_seconds} s", flush=True)
-    result = drive(calls, args.overload_seconds, honour_retry_after=True)
+    result = load.drive(calls, args.overload_seconds, honour_retry_after=True)
     started = time.perf_counter()
     after = requests.post(f"{args.embedding_url}/v1/embeddings", json={"input": texts[:16]}, timeout=TIMEOUT)
     after_ms = (time.perf_counter() - started) * 1000
@@ -411,6 +487,15 @@ def rss_mib(pid: int) -> float:
             if line.startswith("VmRSS:"):
                 total_kib += int(line.split()[1])
     return total_kib / 1024
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of the process (all its threads) and its children."""
+    ticks = 0
+    for each in descendants(pid):
+        fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -516,14 +601,31 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--compare-reranker", action="append", default=[], help="NAME=URL: its reranker (/v1/rerank), same NAME"
     )
+    parser.add_argument("--compare-pid", action="append", default=[], help="NAME=PID: its process, for the cores")
     parser.add_argument("--name", default="kca", help="this project's servers' column in the load table")
     parser.add_argument("--load-seconds", type=float, default=10, help="each load row's window (0: no table)")
     parser.add_argument("--overload-seconds", type=float, default=60, help="the overload run (0: skip it)")
+    parser.add_argument(
+        "--rows",
+        default=",".join([*(f"{c}x{t}" for c, t in LOAD_ROWS), "rerank"]),
+        help="the load table's rows, CLIENTSxTEXTS and rerank, comma-separated (default: all)",
+    )
+    parser.add_argument(
+        "--client-processes",
+        type=int,
+        default=max(1, (os.cpu_count() or 1) // 4),
+        help="processes the load's client threads are spread over (default: a quarter of the cores, at least 1;"
+        " the rest is left to the servers)",
+    )
     args = parser.parse_args()
     if args.device == "auto":
         import torch
 
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    args.rows = args.rows.split(",")
+    unknown = set(args.rows) - {*(f"{c}x{t}" for c, t in LOAD_ROWS), "rerank"}
+    if unknown:
+        parser.error(f"--rows: no such row {sorted(unknown)}")
     if not args.pid and not args.unit:
         args.unit = [
             "embedding=bge-embedding-server.service",
@@ -533,15 +635,18 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def load_targets(args) -> dict[str, dict]:
+def load_targets(args, pids: dict[str, int]) -> dict[str, dict]:
     targets = {
         args.name: {
             "embedding": args.embedding_url,
             "reranker": args.reranker_url,
             "embedding_model": args.embedding_model,
             "reranker_model": args.reranker_model,
+            "embedding_pid": pids.get("embedding"),
+            "reranker_pid": pids.get("reranker"),
         }
     }
+    compare_pids = {name: int(pid) for name, pid in (item.split("=", 1) for item in args.compare_pid)}
     rerankers = dict(item.split("=", 1) for item in args.compare_reranker)
     for item in args.compare:
         name, url = item.split("=", 1)
@@ -550,6 +655,9 @@ def load_targets(args) -> dict[str, dict]:
             "reranker": rerankers.get(name),
             "embedding_model": args.embedding_model,
             "reranker_model": args.reranker_model,
+            # One server answers both (as infinity-emb does with two models): one pid for both rows.
+            "embedding_pid": compare_pids.get(name),
+            "reranker_pid": compare_pids.get(name),
         }
     return targets
 
@@ -571,15 +679,23 @@ def main() -> None:
     if args.load_seconds > 0:
         # Other work on the machine shifts every figure: say what it was, before and after.
         print(f"Load table on {machine()}, {load_average()} (rows run against each server in turn):", flush=True)
-        load_table(args, load_targets(args), emb["local"])
-        print(f"after the table: {load_average()}")
+        load = ClientProcesses(args.client_processes)
+        try:
+            load_table(args, load_targets(args, pids), emb["local"], load)
+            print(f"after the table: {load_average()}")
+        finally:
+            load.close()
         # The rows end with the heaviest (64 clients x 16 texts): each process's peak so far.
         for name, pid in pids.items():
             rows.append((f"peak resident memory after the load table: {name}", f"{peak_rss_mib(pid):.0f} MiB"))
         for name, mib in vram_mib(pids).items():
             rows.append((f"GPU memory after the load table: {name}", f"{mib:.0f} MiB"))
     if args.overload_seconds > 0:
-        rows += overload(args, pids.get("embedding"))
+        load = ClientProcesses(args.client_processes)
+        try:
+            rows += overload(args, pids.get("embedding"), load)
+        finally:
+            load.close()
 
     if args.reranker_url:
         latencies = rerank_latency(args)

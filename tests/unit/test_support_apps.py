@@ -337,5 +337,18 @@ def test_load_settings_come_from_the_data(servers):
     assert health["threads"] == s.threads
 
 
+def test_health_counts_what_was_answered(servers):
+    """/health's counts stand in for an access log (the servers keep none): one request of three texts
+    adds one answered request and three texts, and one refused before the model adds nothing."""
+    server = servers["embedding"]
+    before = requests.get(f"{server.url}/health", timeout=TIMEOUT_S).json()
+    assert embed(server, ["one", "two", "three"]).status_code == 200
+    assert embed(server, []).status_code == 400
+    after = requests.get(f"{server.url}/health", timeout=TIMEOUT_S).json()
+    assert after["answered_requests"] - before["answered_requests"] == 1
+    assert after["texts"] - before["texts"] == 3
+    assert after["forward_passes"] > before["forward_passes"]
+
+
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))

@@ -98,6 +98,10 @@ def test_each_caller_gets_its_own_results_in_its_own_order():
             assert answer == [f"result of {text}" for text, _ in texts]
 
     run(main())
+    # The counts /health reports.
+    assert batcher.answered == 8
+    assert batcher.texts == sum(1 + c % 4 for c in range(8))
+    assert batcher.passes == len(model.passes)
 
 
 def test_requests_that_queue_during_a_pass_share_the_next_one():
@@ -213,6 +217,7 @@ def test_a_failed_pass_fails_its_callers_and_the_worker_goes_on():
         assert await request(batcher, [("next", 5)]) == ["result of next"]
 
     run(main())
+    assert batcher.answered == 1, "a failed request is not counted as answered"
 
 
 def test_an_admission_runs_once_and_needs_one_length_per_item():
