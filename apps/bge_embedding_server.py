@@ -23,8 +23,8 @@ Every setting comes from the environment (the unit renders it from the stack dat
     KCA_TIMEOUT_KEEP_ALIVE_S idle keep-alive connections close after this (default 5)
 
 Requests from all clients are batched together (kca_batching.py): each request is tokenized in
-the thread pool, one worker runs length-sorted forward passes of at most KCA_BATCH_TOKENS tokens,
-and each caller gets its own vectors back in order.
+the thread pool, one worker sends length-sorted forward passes of at most KCA_BATCH_TOKENS tokens
+to the model's own process, and each caller gets its own vectors back in order.
 
 Endpoints: GET /health (503 while the model loads), GET /v1/models, POST /v1/embeddings.
 Every error is a JSON body {"error": {"message", "type"}} with a 4xx/5xx status.
@@ -79,21 +79,20 @@ def parse_texts(value: Any, settings: Settings) -> list[str]:
 
 
 class Embedder(kca_service_common.ModelHolder):
-    """The loaded model, its tokenizer and the forward pass the batcher runs."""
+    """The model (in its own process), its tokenizer (here) and the forward pass the batcher runs."""
 
     def __init__(self, settings: Settings):
-        super().__init__(settings, "embedding")
+        super().__init__(settings, "embedding", __file__)
         self.dimension = 0
         self.threads = 0
-        self.tokenizer: Any = None
-        self.pad_id = 0
+        self.model: Any = None
         self._torch: Any = None
 
-    def load(self) -> None:
-        # Imported here so /health answers "loading" while torch itself is still importing.
+    # --- in the model's process ---
+
+    def load(self) -> dict[str, Any]:
         import torch
         from sentence_transformers import SentenceTransformer
-        from tokenizers import Tokenizer
 
         started = time.monotonic()
         model = SentenceTransformer(self.settings.model_path, device=self.settings.device, local_files_only=True)
@@ -101,41 +100,45 @@ class Embedder(kca_service_common.ModelHolder):
             model.half()
         model.eval()
         dim_of = getattr(model, "get_embedding_dimension", None) or (model.get_sentence_embedding_dimension)
-        self.dimension = int(dim_of())
-        # A copy of the model's own fast tokenizer, cut where the model cuts (or sooner, at
-        # max_text_tokens): the same ids as model.encode(), made in request threads. A copy,
-        # because the transformers wrapper resets truncation and padding on its tokenizer per call.
-        self.tokenizer = Tokenizer.from_str(model.tokenizer.backend_tokenizer.to_str())
-        self.tokenizer.enable_truncation(min(self.settings.max_text_tokens, model.max_seq_length))
-        self.tokenizer.no_padding()
-        self.pad_id = model.tokenizer.pad_token_id or 0
-        self.threads = torch.get_num_threads()  # OMP_NUM_THREADS from the unit
         self._torch = torch
         self.model = model
         log.info(
-            "loaded %s (%d-d) on %s/%s in %.1fs",
+            "loaded %s on %s/%s in %.1fs",
             self.settings.model_path,
-            self.dimension,
             self.settings.device,
             self.settings.precision,
             time.monotonic() - started,
         )
+        # The model's own fast tokenizer, cut where the model cuts (or sooner, at max_text_tokens):
+        # the HTTP process makes the same ids as model.encode() would.
+        return {
+            "tokenizer": model.tokenizer.backend_tokenizer.to_str(),
+            "max_tokens": min(self.settings.max_text_tokens, model.max_seq_length),
+            "pad_id": model.tokenizer.pad_token_id or 0,
+            "dimension": int(dim_of()),
+            "threads": torch.get_num_threads(),  # OMP_NUM_THREADS from the unit
+        }
 
-    def tokenize(self, texts: list[str]) -> list[tuple[list[int], list[int]]]:
-        """(ids, type ids) per text, special tokens included; runs in a request thread."""
-        return [(e.ids, e.type_ids) for e in self.tokenizer.encode_batch(texts)]
-
-    def run_pass(self, items: list[tuple[list[int], list[int]]]) -> list[np.ndarray]:
-        """One forward pass on the batcher's worker: unit-length float32 vectors, one per item."""
+    def run_pass(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
+        """Unit-length float32 vectors, one row per text."""
         torch = self._torch
-        arrays = kca_service_common.pad_token_ids(items, self.pad_id)
         # BERT takes token_type_ids, XLM-RoBERTa (BGE-M3) does not: what the tokenizer says it makes.
         names = [n for n in self.model.tokenizer.model_input_names if n in arrays]
         features = {name: torch.from_numpy(arrays[name]).to(self.model.device) for name in names}
         with torch.inference_mode():
             pooled = self.model(features)["sentence_embedding"]
-            vectors = torch.nn.functional.normalize(pooled.float(), dim=-1).cpu().numpy()
-        return list(vectors)
+            return torch.nn.functional.normalize(pooled.float(), dim=-1).cpu().numpy()
+
+    # --- in the HTTP process ---
+
+    def adopt(self, described: dict[str, Any]) -> None:
+        super().adopt(described)
+        self.dimension = described["dimension"]
+        self.threads = described["threads"]
+
+    def tokenize(self, texts: list[str]) -> list[tuple[list[int], list[int]]]:
+        """(ids, type ids) per text, special tokens included."""
+        return [(e.ids, e.type_ids) for e in self.tokenizer.encode_batch(texts)]
 
 
 # --- the app ----------------------------------------------------------------------------------
@@ -196,7 +199,7 @@ def create_app(settings: Settings) -> FastAPI:
 
 
 def main(argv: list[str] | None = None) -> None:
-    kca_service_common.main(__doc__, 8083, create_app, argv)
+    kca_service_common.main(__doc__, 8083, create_app, Embedder, argv)
 
 
 if __name__ == "__main__":

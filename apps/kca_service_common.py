@@ -14,8 +14,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import logging
+import multiprocessing.connection
 import os
+import signal
+import socket
+import subprocess
 import sys
 import threading
 import time
@@ -204,23 +209,36 @@ async def read_json_body(request: Request, max_bytes: int, timeout_s: int) -> di
     return body
 
 
-# --- the model's loading state ----------------------------------------------------------------
+# --- the model and its process ----------------------------------------------------------------
 
 
 class ModelHolder:
-    """A server's model, its loading state and its batcher; the subclass loads the model and runs
-    one forward pass over items it tokenized itself.
+    """A server's model, run in a process of its own, and the batcher that feeds it.
 
-    /health and the request handlers answer 503 until `model` is set. Forward passes run only on
-    the batcher's one worker thread: one at a time (one GPU, memory bounded by batch_tokens).
+    The HTTP process (the event loop, tokenizing, the batcher) and the model's process (torch) share
+    nothing but a socket. In one process they shared one GIL: every torch operation lets go of the
+    GIL and takes it back, and each time the event loop held it the forward pass waited, so a busy
+    event loop stretched every pass. On a GPU, 16 clients sending one text each got 22% of the
+    in-process throughput that way (docs/support-load.md).
+
+    The subclass says how: `load()` and `run_pass()` run in the model's process, `adopt()` in the
+    HTTP process with what `load()` returned (the tokenizer, the model's figures). /health and the
+    request handlers answer 503 until the model's process says it is ready. Forward passes go one at
+    a time, from the batcher's one worker thread (one GPU, memory bounded by batch_tokens).
     """
 
-    def __init__(self, settings: Settings, name: str):
+    def __init__(self, settings: Settings, name: str, script: str):
         self.settings = settings
-        self.model: Any = None
+        self.name = name
+        self.script = script  # the server's own file: the model's process runs it with --model-process
+        self.tokenizer: Any = None
+        self.pad_id = 0
         self.error: str | None = None
+        self._ready = False
+        self._connection: Any = None
+        self._process: subprocess.Popen | None = None
         self.batcher = kca_batching.Batcher(
-            self.run_pass,
+            self._run_remote_pass,
             batch_tokens=settings.batch_tokens,
             wait_ms=settings.batch_wait_ms,
             max_queued_requests=settings.max_queued_requests,
@@ -229,13 +247,98 @@ class ModelHolder:
 
     @property
     def ready(self) -> bool:
-        return self.model is not None
+        return self._ready
 
-    def load(self) -> None:
+    # --- in the model's process (the subclass) ---
+
+    def load(self) -> dict[str, Any]:
+        """Load the model; return what adopt() needs, picklable (the tokenizer as its JSON)."""
         raise NotImplementedError
 
-    def run_pass(self, items: list[Any]) -> list[Any]:
+    def run_pass(self, arrays: dict[str, np.ndarray]) -> Any:
+        """One forward pass over padded token ids: one result per row, in order."""
         raise NotImplementedError
+
+    # --- in the HTTP process ---
+
+    def adopt(self, described: dict[str, Any]) -> None:
+        """Take what load() returned: the tokenizer (cut where the model cuts) and the pad id."""
+        from tokenizers import Tokenizer
+
+        self.tokenizer = Tokenizer.from_str(described["tokenizer"])
+        self.tokenizer.enable_truncation(described["max_tokens"], strategy=described.get("truncation", "longest_first"))
+        self.tokenizer.no_padding()
+        self.pad_id = described["pad_id"]
+
+    def spawn_model_process(self) -> None:
+        """Start the model's process. From the main thread: the process's death signal
+        (PR_SET_PDEATHSIG) follows the thread that started it, and the main thread lives as long as
+        this server does."""
+        parent, child = socket.socketpair()
+        self._process = subprocess.Popen(
+            [sys.executable, self.script, "--model-process", str(child.fileno())],
+            pass_fds=[child.fileno()],
+        )
+        child.close()
+        self._connection = multiprocessing.connection.Connection(parent.detach())
+
+    def wait_for_model(self) -> None:
+        """Block until the model's process has loaded the model (or raise with why it did not)."""
+        try:
+            status, value = self._connection.recv()
+        except EOFError:
+            status, value = "failed", f"the model's process ended with {self._process.wait()}"
+        if status != "ready":
+            raise RuntimeError(value)
+        self.adopt(value)
+        self._ready = True
+
+    def _run_remote_pass(self, items: list[tuple[list[int], list[int]]]) -> Any:
+        """The batcher's run_pass: padded here, run there. Only the batcher's worker calls it."""
+        arrays = pad_token_ids(items, self.pad_id)
+        try:
+            self._connection.send(arrays)
+            status, value = self._connection.recv()
+        except (EOFError, OSError):
+            # The model's process is gone (killed, out of memory): so is this server. systemd
+            # restarts the unit, and with it a model's process in a known state.
+            logging.getLogger(self.name).critical("the model's process ended; exiting so that systemd restarts")
+            logging.shutdown()
+            os._exit(3)
+        if status != "ok":
+            raise RuntimeError(value)
+        return value
+
+
+def serve_model(holder: ModelHolder, fd: int, log: logging.Logger) -> int:
+    """The model's process: load, say so, then run each pass the HTTP process sends until it closes.
+
+    SIGTERM and SIGINT are left to the HTTP process: on a stop, systemd signals both, and the
+    passes of requests still open must go on until uvicorn's graceful shutdown ends. The socket
+    closing ends this process; so does the HTTP process's death (PR_SET_PDEATHSIG)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() == 1:
+        return 0  # the HTTP process died before prctl took effect
+    connection = multiprocessing.connection.Connection(fd)
+    try:
+        described = holder.load()
+    except Exception as exc:  # noqa: BLE001 - reported to the HTTP process, which exits
+        log.exception("model load failed")
+        connection.send(("failed", f"model load failed: {type(exc).__name__}: {exc}"))
+        return 3
+    connection.send(("ready", described))
+    while True:
+        try:
+            arrays = connection.recv()
+        except EOFError:
+            return 0
+        try:
+            connection.send(("ok", holder.run_pass(arrays)))
+        except Exception as exc:  # noqa: BLE001 - the callers get the error; the process lives on
+            log.exception("forward pass of %d texts failed", len(arrays["input_ids"]))
+            connection.send(("error", f"forward pass failed: {type(exc).__name__}: {exc}"))
 
 
 def pad_token_ids(items: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, np.ndarray]:
@@ -281,10 +384,10 @@ async def run_admitted(
 
 
 def load_in_background(model: ModelHolder, log: logging.Logger) -> None:
-    """Load the model and start its batcher; a model that cannot load ends the process so systemd
-    restarts it."""
+    """Wait for the model's process to load the model, then start the batcher; a model that cannot
+    load ends this process so that systemd restarts it."""
     try:
-        model.load()
+        model.wait_for_model()
         model.batcher.start()
     except Exception as exc:  # noqa: BLE001 - any failure here is fatal and must be logged
         log.exception("model load failed")
@@ -318,6 +421,7 @@ def create_base_app(
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
+        model.spawn_model_process()
         threading.Thread(target=load_in_background, args=(model, log), daemon=True).start()
         yield
 
@@ -371,15 +475,25 @@ def create_base_app(
     return app
 
 
-def main(doc: str, default_port: int, create_app: Callable[[Settings], FastAPI], argv: list[str] | None) -> None:
-    """The command line systemd runs: --host, --port, --log-level; settings from the environment."""
+def main(
+    doc: str,
+    default_port: int,
+    create_app: Callable[[Settings], FastAPI],
+    holder: Callable[[Settings], ModelHolder],
+    argv: list[str] | None,
+) -> None:
+    """The command line systemd runs: --host, --port, --log-level; settings from the environment.
+    With --model-process FD (given by the server itself, not by systemd) it is the model's process."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=default_port)
     parser.add_argument("--log-level", default="info")
+    parser.add_argument("--model-process", type=int, metavar="FD", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     settings = load_settings()
+    if args.model_process is not None:
+        sys.exit(serve_model(holder(settings), args.model_process, logging.getLogger("model-process")))
     app = create_app(settings)
     uvicorn.run(
         app,

@@ -36,6 +36,7 @@ import time
 from typing import Any
 
 import kca_service_common
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from kca_service_common import ApiError, Settings
@@ -87,19 +88,18 @@ def parse_top_n(value: Any, count: int) -> int:
 
 
 class Reranker(kca_service_common.ModelHolder):
-    """The loaded cross-encoder, its tokenizer and the forward pass the batcher runs."""
+    """The cross-encoder (in its own process), its tokenizer (here) and the forward pass the batcher runs."""
 
     def __init__(self, settings: Settings):
-        super().__init__(settings, "reranker")
-        self.tokenizer: Any = None
-        self.pad_id = 0
+        super().__init__(settings, "reranker", __file__)
+        self.model: Any = None
         self._torch: Any = None
 
-    def load(self) -> None:
-        # Imported here so /health answers "loading" while torch itself is still importing.
+    # --- in the model's process ---
+
+    def load(self) -> dict[str, Any]:
         import torch
         from sentence_transformers import CrossEncoder
-        from tokenizers import Tokenizer
 
         started = time.monotonic()
         model = CrossEncoder(self.settings.model_path, device=self.settings.device, local_files_only=True)
@@ -108,12 +108,6 @@ class Reranker(kca_service_common.ModelHolder):
         model.model.eval()
         # sentence-transformers 6 renamed CrossEncoder.max_length to max_seq_length.
         model_limit = getattr(model, "max_seq_length", None) or model.max_length or model.tokenizer.model_max_length
-        # A copy of the model's fast tokenizer (the transformers wrapper resets truncation and
-        # padding on its own per call), cutting pairs longest-first as CrossEncoder.predict does.
-        self.tokenizer = Tokenizer.from_str(model.tokenizer.backend_tokenizer.to_str())
-        self.tokenizer.enable_truncation(min(self.settings.max_text_tokens, model_limit), strategy="longest_first")
-        self.tokenizer.no_padding()
-        self.pad_id = model.tokenizer.pad_token_id or 0
         self._torch = torch
         self.model = model
         log.info(
@@ -123,24 +117,31 @@ class Reranker(kca_service_common.ModelHolder):
             self.settings.precision,
             time.monotonic() - started,
         )
+        # The model's fast tokenizer, cutting pairs longest-first as CrossEncoder.predict does.
+        return {
+            "tokenizer": model.tokenizer.backend_tokenizer.to_str(),
+            "max_tokens": min(self.settings.max_text_tokens, model_limit),
+            "truncation": "longest_first",
+            "pad_id": model.tokenizer.pad_token_id or 0,
+        }
 
-    def tokenize(self, query: str, documents: list[str]) -> list[tuple[list[int], list[int]]]:
-        """(ids, type ids) per query-document pair; runs in a request thread."""
-        return [(e.ids, e.type_ids) for e in self.tokenizer.encode_batch([(query, d) for d in documents])]
-
-    def run_pass(self, items: list[tuple[list[int], list[int]]]) -> list[float]:
-        """One forward pass on the batcher's worker: sigmoid(logit) per pair, 0..1.
+    def run_pass(self, arrays: dict[str, np.ndarray]) -> list[float]:
+        """sigmoid(logit) per pair, 0..1.
 
         The sigmoid is applied here, on the raw first logit, so the scale does not depend on
         whatever activation the model folder's config names."""
         torch = self._torch
-        arrays = kca_service_common.pad_token_ids(items, self.pad_id)
         names = [n for n in self.model.tokenizer.model_input_names if n in arrays]
         features = {name: torch.from_numpy(arrays[name]).to(self.model.device) for name in names}
         with torch.inference_mode():
             logits = self.model.model(**features).logits[:, 0]
-            scores = torch.sigmoid(logits.double()).cpu().tolist()
-        return scores
+            return torch.sigmoid(logits.double()).cpu().tolist()
+
+    # --- in the HTTP process ---
+
+    def tokenize(self, query: str, documents: list[str]) -> list[tuple[list[int], list[int]]]:
+        """(ids, type ids) per query-document pair."""
+        return [(e.ids, e.type_ids) for e in self.tokenizer.encode_batch([(query, d) for d in documents])]
 
 
 # --- the app ----------------------------------------------------------------------------------
@@ -191,7 +192,7 @@ def create_app(settings: Settings) -> FastAPI:
 
 
 def main(argv: list[str] | None = None) -> None:
-    kca_service_common.main(__doc__, 8006, create_app, argv)
+    kca_service_common.main(__doc__, 8006, create_app, Reranker, argv)
 
 
 if __name__ == "__main__":
