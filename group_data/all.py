@@ -360,7 +360,7 @@ services = {
         "bind": "0.0.0.0",
         "gpu": "small",
         # The document says "<1 GB", but BGE-M3's 568M parameters alone are 1.14 GB in fp16; the sum
-        # of what one server holds is under "Load settings" below.
+        # of what one server holds, and what it measured, is under "Load settings" below.
         "vram_gb": 2.4,
         "models": ["bge-m3"],
         "feature": "vector embeddings",
@@ -371,14 +371,17 @@ services = {
         "precision": "fp16",
         "embedding_dim": 1024,
         # Load settings (apps/kca_batching.py). What one BGE server (XLM-RoBERTa large: 24 layers, hidden
-        # 1024, FFN 4096, 568M parameters) can hold on the GPU in fp16, against vram_gb:
-        #   weights               568M x 2 B                                          1.14 GB
-        #   CUDA context          814 MiB measured for the 45 MB MiniLM (docs/gpu-check.md)  ~0.80 GB
-        #   one forward pass      batch_tokens x ~32 KiB (a layer's input, attention output, the
-        #                         4096-wide FFN activation and its GELU: ~20 KiB a token in fp16,
-        #                         x1.5 for the allocator) = 8192 x 32 KiB                    0.27 GB
-        #   attention mask        [pass, 1, L, L] fp16 = 2 B x batch_tokens x max_text_tokens 0.13 GB
-        #   sum                                                                           2.34 GB
+        # 1024, FFN 4096, 568M parameters) holds on the GPU in fp16, against vram_gb, from what a
+        # BGE-M3-shaped stand-in measured on an H200 after 64 clients x 16 texts (docs/support-load.md):
+        #   CUDA context and runtime  888 MiB for the MiniLM server, less its 43 MiB of weights   845 MiB
+        #   weights                   568M x 2 B                                                 1083 MiB
+        #   forward passes            the stand-in's 2146 MiB less the two terms above for its own
+        #                             weights (639 MiB): 662 MiB at 8192 tokens a pass, ~83 KiB a
+        #                             token (activations, the SDPA mask, the allocator's cache)
+        #                             x batch_tokens 4096                                          331 MiB
+        #   sum                                                                         2259 MiB = 2.37 GB
+        # Passes of 8192 tokens would need 2.72 GB, and scenario B (with EXAONE) would no longer fit:
+        # hence 4096 tokens a pass, and texts cut at 4096 tokens (max_text_tokens below).
         # Attention runs through PyTorch's SDPA (transformers' default here), which keeps no L x L
         # scores; the eager fallback would add 64 B x batch_tokens x L = 4 GiB. One pass runs at a
         # time and each holds at most batch_tokens padded tokens, whatever the requests hold: no
@@ -389,30 +392,34 @@ services = {
         # (with libgomp's spinning default, 2 busy cores gave a single request 700 ms on 2 threads).
         "threads": 1,
         "batching": {
-            # Padded tokens per pass: the VRAM term above; one text of BGE-M3's full 8192 tokens fits
-            # one pass, and on the CPU test host a full pass stays under a second.
-            "batch_tokens": 8192,
+            # Padded tokens per pass: the VRAM term above. One text of max_text_tokens fits one pass. On
+            # the GPU, requests of many clients still merge into passes larger than 32 short texts.
+            "batch_tokens": 4096,
             # A pass waits only for requests already admitted and still being read or tokenized, never
             # when it is alone: a single client pays nothing. 2 ms is small next to a pass.
             "wait_ms": 2,
             # Requests admitted at once (read, queued or running); one more gets 503 + Retry-After at
             # once. 64 = Open WebUI and Dify ingesting with 16+ parallel workers each, with room; the
             # bodies in memory stay under 64 x max_body_bytes = 512 MiB.
-            # Host memory budget of the process: 2.5 GiB = the process itself (peak resident 1.6 GiB
-            # under 64 clients x 16 texts with torch and CUDA on a GPU host, 0.9 GiB on the CPU test
-            # host; measured with the stand-in model, bench/support_services.py) + those 512 MiB.
+            # Host memory budget of the server: 3 GiB = its two processes (HTTP and model: peak resident
+            # 2.3 GiB together under 64 clients x 16 texts with a BGE-M3-shaped model in fp16 on a GPU
+            # host, 0.9 GiB on the CPU test host; bench/support_services.py, docs/support-load.md) +
+            # those 512 MiB.
             "max_queued_requests": 64,
         },
         # Requests beyond these get a 4xx before any model work is done.
         "limits": {
             "max_items": 256,
-            # About 8192 tokens of English at ~4 characters a token.
+            # About 8192 tokens of English at ~4 characters a token; the model sees the first
+            # max_text_tokens of a longer text.
             "max_text_chars": 32768,
-            # Texts are cut here (or at the model's own limit where lower): BGE-M3's own limit, and
-            # the L of the mask term above.
-            "max_text_tokens": 8192,
-            # All texts of one request together: 8 passes, so one client cannot hold the worker long
-            # (256 items x 8192 tokens would be 2M tokens).
+            # Texts are cut here (or at the model's own limit where lower): half of BGE-M3's 8192, so
+            # that one text fits a pass of batch_tokens. Chunks are shorter: Dify's longest is 4000
+            # tokens by default (INDEXING_MAX_SEGMENTATION_TOKENS_LENGTH), Open WebUI's default is
+            # 1000 characters (docs/sources.md).
+            "max_text_tokens": 4096,
+            # All texts of one request together: 16 passes, so one client cannot hold the worker long
+            # (256 items x 4096 tokens would be 1M tokens).
             "max_request_tokens": 65536,
             "max_body_bytes": 8388608,
             # A body must arrive within this, or a slow client holds its queue place.
@@ -435,7 +442,8 @@ services = {
         "bind": "0.0.0.0",
         "gpu": "small",
         # The document says "~1-2 GB"; bge-reranker-v2-m3 is the same XLM-RoBERTa-large body as BGE-M3
-        # (568M parameters), so bge-embedding's sum under "Load settings" holds here too.
+        # (568M parameters), so bge-embedding's sum under "Load settings" holds here too (its
+        # cross-encoder twin measured 2136 MiB beside the embedding's 2146).
         "vram_gb": 2.4,
         "models": ["bge-reranker-v2-m3"],
         "feature": "search re-ranking",
@@ -448,11 +456,11 @@ services = {
         # longest-first to max_text_tokens as one text is). Rerank requests are smaller (a query and
         # tens of passages), so they batch across clients as embedding requests do.
         "threads": 1,
-        "batching": {"batch_tokens": 8192, "wait_ms": 2, "max_queued_requests": 64},
+        "batching": {"batch_tokens": 4096, "wait_ms": 2, "max_queued_requests": 64},
         "limits": {
             "max_items": 256,
             "max_text_chars": 32768,
-            "max_text_tokens": 8192,
+            "max_text_tokens": 4096,
             "max_request_tokens": 65536,
             "max_body_bytes": 8388608,
             "body_timeout_s": 30,

@@ -45,7 +45,17 @@ services = {
     # forward pass is the work on a CPU: both cores (with one thread, 16 clients x 16 texts ran at
     # half the rate of a server using both; the threads wait passively, see kca_service_common.py).
     "bge-embedding": {"device": "cpu", "precision": "fp32", "embedding_dim": 384, "threads": 2},
-    "bge-reranker": {"device": "cpu", "precision": "fp32", "threads": 2},
+    # Passes of 2048 tokens for the reranker here: on 2 cores a cross-encoder pass of ~100 pairs (8192
+    # tokens) ran 10% slower per pair than passes of 16-64 (95 against 106 pairs/s in-process), and 16
+    # clients reranking 32 documents each went from 0.78-0.87x infinity-emb's rate to 1.00-1.06x
+    # (docs/support-load.md). The embedding model's speed did not depend on the pass size.
+    "bge-reranker": {
+        "device": "cpu",
+        "precision": "fp32",
+        "threads": 2,
+        "batching": {"batch_tokens": 2048},
+        "limits": {"max_text_tokens": 2048},
+    },
     # Docling's layout/table/OCR models come only from the hub: the conversion boundary of this host.
     "docling": {"layout_models": "unavailable"},
 }

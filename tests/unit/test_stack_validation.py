@@ -312,7 +312,7 @@ BAD_STACKS = [
         "a text longer than a forward pass",
         set_load("bge-embedding", "limits", "max_text_tokens", 16384),
         "services.bge-embedding.limits.max_text_tokens",
-        "more than batching.batch_tokens 8192",
+        "more than batching.batch_tokens 4096",
     ),
     (
         "uvicorn refuses before the queue does",
