@@ -55,6 +55,12 @@ def start(app: str, model: str, name: str, port: int, logfile: str) -> tuple[sub
     return proc, started
 
 
+def model_pid(pid: int) -> list[int]:
+    """The children of a server: its model process (apps/kca_service_common.py)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(child) for child in children.read_text().split()] if children.exists() else []
+
+
 def wait_health(url: str, proc: subprocess.Popen, started: float, limit: float = 240) -> tuple[float, dict]:
     while time.monotonic() - started < limit:
         if proc.poll() is not None:
@@ -162,6 +168,9 @@ def main() -> int:
         log(f"rerank: order {order}, scores {scores}  [{'OK' if good else 'FAIL'}]")
 
         result["gpu_apps_after_checks"] = gpu_apps()
+        # The GPU is held by each server's model process, a child of the pid started here.
+        result["model_pids"] = {name: model_pid(proc.pid) for name, proc in (("embedding", emb), ("reranker", rr))}
+        log(f"model processes (they hold the GPU): {result['model_pids']}")
         log(f"GPU memory per process after the checks (pid, name, used):\n{result['gpu_apps_after_checks']}")
 
         # The project's own bench (--skip-docling, pids given), three times.
