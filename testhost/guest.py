@@ -3,6 +3,7 @@ link (address, forwarding, masquerade), waiting until the guest is ready, and th
 
 from __future__ import annotations
 
+import shutil
 import socket
 import subprocess
 import sys
@@ -113,7 +114,9 @@ def configure_host_link(instance: Instance, link: str) -> None:
 
 
 def nft_table_present(instance: Instance) -> bool:
-    return quiet(["nft", "list", "table", "ip", instance.nft_table])
+    # Without nft on this machine (a fresh one, before `up` installs the host packages) no run of
+    # this tool can have made the table.
+    return shutil.which("nft") is not None and quiet(["nft", "list", "table", "ip", instance.nft_table])
 
 
 def teardown_host_network(instance: Instance, link: str) -> None:
