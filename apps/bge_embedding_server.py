@@ -12,7 +12,7 @@ Every setting comes from the environment (the unit renders it from the stack dat
     KCA_DEVICE          cuda | cpu (default cpu)
     KCA_PRECISION       fp16 | fp32 (default fp32; fp16 only on cuda)
     KCA_BATCH_TOKENS         padded tokens per forward pass (default 8192)
-    KCA_BATCH_WAIT_MS        how long a pass waits for requests still being read (default 2)
+    KCA_BATCH_WAIT_MS        how long a pass waits for clients coming back (default 2)
     KCA_MAX_QUEUED_REQUESTS  requests admitted at once; more get 503 + Retry-After (default 64)
     KCA_MAX_ITEMS            most texts in one request (default 256)
     KCA_MAX_TEXT_CHARS       longest text in characters (default 32768)
@@ -22,9 +22,10 @@ Every setting comes from the environment (the unit renders it from the stack dat
     KCA_LIMIT_CONCURRENCY    uvicorn's bound on connections and tasks (default 96)
     KCA_TIMEOUT_KEEP_ALIVE_S idle keep-alive connections close after this (default 5)
 
-Requests from all clients are batched together (kca_batching.py): each request is tokenized in
-the thread pool, one worker sends length-sorted forward passes of at most KCA_BATCH_TOKENS tokens
-to the model's own process, and each caller gets its own vectors back in order.
+Requests from all clients are batched together (kca_batching.py): each request is tokenized here
+and sent to the model's own process, which gathers the requests that have arrived into
+length-sorted forward passes of at most KCA_BATCH_TOKENS tokens and sends each caller's vectors
+back in order.
 
 Endpoints: GET /health (503 while the model loads), GET /v1/models, POST /v1/embeddings.
 Every error is a JSON body {"error": {"message", "type"}} with a 4xx/5xx status.
@@ -138,7 +139,7 @@ class Embedder(kca_service_common.ModelHolder):
 
     def tokenize(self, texts: list[str]) -> list[tuple[list[int], list[int]]]:
         """(ids, type ids) per text, special tokens included."""
-        return [(e.ids, e.type_ids) for e in self.tokenizer.encode_batch(texts)]
+        return [(e.ids, e.type_ids) for e in self.tokenizer.encode_batch_fast(texts)]
 
 
 # --- the app ----------------------------------------------------------------------------------
@@ -175,7 +176,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.post("/v1/embeddings")
     async def embeddings(request: Request) -> JSONResponse:
-        with kca_service_common.admit(embedder) as admission:
+        with kca_service_common.admit(embedder):
             body = await kca_service_common.read_json_body(request, settings.max_body_bytes, settings.body_timeout_s)
             texts = parse_texts(body.get("input"), settings)
             encoding_format = body.get("encoding_format")
@@ -188,8 +189,8 @@ def create_app(settings: Settings) -> FastAPI:
             if dimensions is not None and dimensions != embedder.dimension:
                 raise ApiError(400, f"'dimensions' can only be {embedder.dimension} for this model")
 
-            vectors, tokens = await kca_service_common.run_admitted(
-                admission, embedder, lambda: embedder.tokenize(texts), sum(len(t) for t in texts)
+            vectors, tokens = await kca_service_common.run_tokenized(
+                embedder, lambda: embedder.tokenize(texts), sum(len(t) for t in texts)
             )
             body = response_body(vectors, encoding_format, settings.model_name, tokens)
         # orjson encodes even 256 x 1024 floats in milliseconds: no need to leave the event loop.

@@ -1,58 +1,148 @@
-"""Batching across requests for the KCA model servers: a bounded queue and one worker per model.
+"""Batching across requests for the KCA model servers: the bound on requests, and the model's own loop.
 
 Deployed beside bge_embedding_server.py and reranker_server.py and imported as `import kca_batching`.
-Standard library only, so the queue logic is tested without a model.
+Standard library only, so the batching is tested without a model.
 
-How a request travels:
+A server is two processes joined by a socket (kca_service_common.py). The HTTP process admits each
+request against `max_queued_requests` (`RequestBound`), reads and tokenizes it, and sends it to the
+model's process as one message. The model's process runs `Batcher.serve()`: it gathers the requests
+that have arrived into forward passes, runs them one at a time, and sends each request's results back
+as soon as they are done. Batching lives beside the model so that the device never waits for the
+HTTP process: the moment a pass ends, the next one is cut from whatever the socket holds. (When the
+HTTP process did the batching, each pass began only once the event loop had got round to it, behind
+the answers and requests it was busy with; on a GPU, where a pass of short texts takes 15 ms, that
+was a third of a pass.)
 
-1. `admit()` when its body has been checked. It counts against `max_queued_requests` from here until
-   its answer is ready; a request over the bound gets `QueueFull` at once (the server answers 503
-   with Retry-After) and costs nothing more.
-2. The request tokenizes its own texts (in the server's thread pool, beside the forward passes) and
-   `submit()`s them: one item and its token count per text.
-3. The worker thread takes whole requests from the front of the queue until they hold `batch_tokens`
-   tokens (at least one request). When that falls short and other admitted requests are still
-   tokenizing, it waits for them, at most `wait_ms` after it began gathering: a lone request never
-   waits, so a single client's latency stays what it was.
-4. The gathered texts are sorted by length, longest first, and cut into forward passes of at most
+How the model's process gathers (`Batcher.serve`):
+
+1. It waits for a request, then takes whole requests in arrival order until they hold `batch_tokens`
+   tokens (at least one request).
+2. When that falls short, it waits, at most `wait_ms` from when it began gathering, for as many
+   requests as were in the server at once in the last second or two (`expected()`; each request
+   says how many the HTTP process held as it was sent). A lone client never waits. Clients that
+   each wait for their answer come back in step: without the wait, 16 of them split into two groups
+   whose passes alternate (each group sends while the other's pass runs), and on a GPU, where a
+   pass of 8 short texts costs what a pass of 16 does, each client then waits two passes a turn.
+   A few milliseconds for the group whose answers just went out makes one pass.
+3. The gathered texts are sorted by length, longest first, and cut into forward passes of at most
    `batch_tokens` padded tokens (a single longer text runs alone). Sorting keeps padding small.
-5. Each request's results go back to it in its own order as soon as its last text is done.
+4. Each request's results go back in its own order as soon as its last text is done.
+
+The messages (one pickle each, behind an 8-byte length):
+    HTTP -> model   ("run", request id, items, token counts, requests in the server)
+    model -> HTTP   ("ready", what the model's load returned) or ("failed", why), once, first;
+                    then ("done", request id, results, passes so far) or ("error", request id, why)
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import threading
+import pickle
+import selectors
+import socket
+import struct
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 log = logging.getLogger("kca_batching")
 
-# run_pass(items) -> one result per item, in the same order. Called on the worker thread only.
-RunPass = Callable[[list[Any]], Sequence[Any]]
+# How far back the model's process looks for the most requests in the server at once (step 2).
+PEAK_WINDOW_S = 1.0
+
+MESSAGE_HEADER = struct.Struct("!Q")
+
+
+# --- messages --------------------------------------------------------------------------------------
+
+
+def send_message(sock: socket.socket, value: Any) -> None:
+    """Blocking: the model's process side."""
+    data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    header = MESSAGE_HEADER.pack(len(data))
+    if len(data) < 65536:
+        sock.sendall(header + data)  # one system call
+    else:
+        sock.sendall(header)  # large: not copied into one buffer with its header
+        sock.sendall(data)
+
+
+def receive_message(sock: socket.socket) -> Any:
+    """Blocking: the model's process side. EOFError when the other end closed the socket."""
+
+    def exactly(size: int) -> bytearray:
+        buffer = bytearray(size)
+        view, got = memoryview(buffer), 0
+        while got < size:
+            count = sock.recv_into(view[got:])
+            if count == 0:
+                raise EOFError
+            got += count
+        return buffer
+
+    (size,) = MESSAGE_HEADER.unpack(exactly(MESSAGE_HEADER.size))
+    return pickle.loads(exactly(size))
+
+
+def write_message(writer: asyncio.StreamWriter, value: Any) -> None:
+    """The HTTP process side: queued on the event loop's transport, never blocking it."""
+    data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    writer.write(MESSAGE_HEADER.pack(len(data)))
+    writer.write(data)
+
+
+async def read_message(reader: asyncio.StreamReader) -> Any:
+    """The HTTP process side; asyncio.IncompleteReadError when the model's process is gone."""
+    (size,) = MESSAGE_HEADER.unpack(await reader.readexactly(MESSAGE_HEADER.size))
+    return pickle.loads(await reader.readexactly(size))
+
+
+# --- the HTTP process: how many requests are in the server -------------------------------------------
 
 
 class QueueFull(Exception):
     """More requests are admitted than max_queued_requests: answer 503 and let the client retry."""
 
 
-@dataclass
-class _Request:
-    items: list[Any]
-    lengths: list[int]
-    loop: asyncio.AbstractEventLoop
-    future: asyncio.Future
-    results: list[Any] = field(default_factory=list)
-    remaining: int = 0
-    failed: bool = False
+class RequestBound:
+    """Requests admitted and not yet answered, from the moment each arrives (so that the bodies in
+    memory are bounded too); one over the bound is refused at once and costs nothing more."""
 
-    @property
-    def tokens(self) -> int:
-        return sum(self.lengths)
+    def __init__(self, max_queued_requests: int):
+        self.max_queued_requests = max_queued_requests
+        self.admitted = 0
+
+    def admit(self) -> Admission:
+        if self.admitted >= self.max_queued_requests:
+            raise QueueFull(f"{self.admitted} requests are queued; at most {self.max_queued_requests}")
+        self.admitted += 1
+        return Admission(self)
+
+
+class Admission:
+    """One admitted request's place, freed however the request ends (use it as a context manager)."""
+
+    def __init__(self, bound: RequestBound):
+        self._bound = bound
+        self._released = False
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._bound.admitted -= 1
+
+    def __enter__(self) -> Admission:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.release()
+
+
+# --- the model's process: gathering and passes -----------------------------------------------------
 
 
 def plan_passes(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
@@ -73,165 +163,136 @@ def plan_passes(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
     return passes
 
 
-class Batcher:
-    """One model's request queue and the worker thread that runs its forward passes."""
+# run_pass(items) -> one result per item, in the same order.
+RunPass = Callable[[list[Any]], Sequence[Any]]
 
-    def __init__(
-        self,
-        run_pass: RunPass,
-        *,
-        batch_tokens: int,
-        wait_ms: float,
-        max_queued_requests: int,
-        name: str = "model",
-    ):
+
+@dataclass
+class _Request:
+    sock: socket.socket  # where its answer goes
+    request_id: int
+    items: list[Any]
+    lengths: list[int]
+    results: list[Any]
+    remaining: int
+    failed: bool = False
+
+    @property
+    def tokens(self) -> int:
+        return sum(self.lengths)
+
+
+class Batcher:
+    """The model's process: requests from the HTTP process gathered into passes (see the module doc)."""
+
+    def __init__(self, run_pass: RunPass, *, batch_tokens: int, wait_ms: float, name: str = "model"):
         self._run_pass = run_pass
         self.batch_tokens = batch_tokens
         self._wait_s = wait_ms / 1000
-        self.max_queued_requests = max_queued_requests
         self._name = name
-        self._cond = threading.Condition()
         self._queue: deque[_Request] = deque()
         self._queued_tokens = 0
-        self._admitted = 0  # admitted and not yet answered: the bound applies to this
-        self._arriving = 0  # admitted and not yet submitted (reading, tokenizing)
-        self._thread: threading.Thread | None = None
-        # Figures for /health and the benchmark: forward passes run, texts embedded or scored, and
-        # requests answered (each with all its texts; the counts only grow).
+        self._selector = selectors.DefaultSelector()
+        self._open = 0
+        # The most requests in the server at once, in this window and in the one before it (step 2).
+        self._peak = 0
+        self._peak_before = 0
+        self._peak_since = 0.0
         self.passes = 0
-        self.texts = 0
-        self.answered = 0
 
-    # --- the request side (event loop) ----------------------------------------------------------
+    def serve(self, sock: socket.socket) -> None:
+        """Gather and run passes for the requests arriving on sock until it closes."""
+        sock.setblocking(True)
+        self._selector.register(sock, selectors.EVENT_READ)
+        self._open += 1
+        while self._open:
+            self._gather_and_run()
 
-    def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._work, name=f"batcher-{self._name}", daemon=True)
-            self._thread.start()
+    # --- gathering ---
 
-    def admit(self) -> Admission:
-        """Count one request against the bound, or raise QueueFull without waiting."""
-        with self._cond:
-            if self._admitted >= self.max_queued_requests:
-                raise QueueFull(f"{self._admitted} requests are queued; at most {self.max_queued_requests}")
-            self._admitted += 1
-            self._arriving += 1
-        return Admission(self)
+    def _note_peak(self, in_server: int) -> None:
+        now = time.monotonic()
+        if now - self._peak_since > PEAK_WINDOW_S:
+            # A new window: the one that ended counts only if it was the one just before.
+            self._peak_before = self._peak if now - self._peak_since <= 2 * PEAK_WINDOW_S else 0
+            self._peak, self._peak_since = 0, now
+        self._peak = max(self._peak, in_server)
 
-    @property
-    def admitted(self) -> int:
-        return self._admitted
+    def expected(self) -> int:
+        """Requests to wait for: the most in the server at once lately."""
+        self._note_peak(0)
+        return max(self._peak, self._peak_before)
 
-    def _release(self, submitted: bool) -> None:
-        with self._cond:
-            self._admitted -= 1
-            if not submitted:
-                self._arriving -= 1
-                self._cond.notify_all()  # the worker may be waiting for this one
+    def _receive(self, timeout: float | None) -> None:
+        """Take in every message that has arrived, waiting up to timeout (None: forever) for the first."""
+        while self._open:
+            ready = self._selector.select(timeout)
+            if not ready:
+                return
+            for key, _ in ready:
+                sock = key.fileobj
+                try:
+                    message = receive_message(sock)
+                except (EOFError, OSError):
+                    self._selector.unregister(sock)
+                    self._open -= 1
+                    continue
+                self._take(sock, message)
+            timeout = 0  # then only what is there already
 
-    async def _submit(self, items: list[Any], lengths: list[int]) -> list[Any]:
-        loop = asyncio.get_running_loop()
-        request = _Request(items, list(lengths), loop, loop.create_future(), [None] * len(items), len(items))
-        with self._cond:
-            self._arriving -= 1
-            self._queue.append(request)
-            self._queued_tokens += request.tokens
-            self._cond.notify_all()
-        return await request.future
+    def _take(self, sock: socket.socket, message: tuple) -> None:
+        kind, request_id, items, lengths, in_server = message
+        if kind != "run" or not items or len(items) != len(lengths):
+            raise ValueError(f"{self._name}: not a request: {kind!r} with {len(items)} items, {len(lengths)} lengths")
+        self._queue.append(_Request(sock, request_id, items, list(lengths), [None] * len(items), len(items)))
+        self._queued_tokens += sum(lengths)
+        self._note_peak(in_server)
 
-    # --- the worker -------------------------------------------------------------------------------
+    def _gather_and_run(self) -> None:
+        self._receive(None if not self._queue else 0)
+        if not self._queue:
+            return
+        deadline = time.monotonic() + self._wait_s
+        while self._queued_tokens < self.batch_tokens and len(self._queue) < self.expected():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self._receive(left)
+        taken = [self._queue.popleft()]
+        tokens = taken[0].tokens
+        while self._queue and tokens + self._queue[0].tokens <= self.batch_tokens:
+            tokens += self._queue[0].tokens
+            taken.append(self._queue.popleft())
+        self._queued_tokens -= tokens
+        self._run(taken)
 
-    def _gather(self) -> list[_Request]:
-        """Block until a request is queued; take requests up to batch_tokens (see the module doc)."""
-        with self._cond:
-            while not self._queue:
-                self._cond.wait()
-            deadline = time.monotonic() + self._wait_s
-            while self._queued_tokens < self.batch_tokens and self._arriving > 0:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._cond.wait(left)
-            taken = [self._queue.popleft()]
-            tokens = taken[0].tokens
-            while self._queue and tokens + self._queue[0].tokens <= self.batch_tokens:
-                tokens += self._queue[0].tokens
-                taken.append(self._queue.popleft())
-            self._queued_tokens -= tokens
-        # A client that went away (its future cancelled) costs no forward pass.
-        return [r for r in taken if not r.future.done()]
-
-    def _work(self) -> None:
-        while True:
-            requests = self._gather()
-            if requests:
-                self._run(requests)
+    # --- passes ---
 
     def _run(self, requests: list[_Request]) -> None:
         owners = [(r, i) for r in requests for i in range(len(r.items))]
         lengths = [r.lengths[i] for r, i in owners]
         for indexes in plan_passes(lengths, self.batch_tokens):
-            members = [owners[k] for k in indexes]
-            members = [(r, i) for r, i in members if not r.failed]
+            members = [owners[k] for k in indexes if not owners[k][0].failed]
             if not members:
                 continue
             try:
                 outputs = self._run_pass([r.items[i] for r, i in members])
                 if len(outputs) != len(members):
                     raise RuntimeError(f"run_pass returned {len(outputs)} results for {len(members)} items")
-            except Exception as exc:  # noqa: BLE001 - the callers get the error; the worker lives on
+            except Exception as exc:  # noqa: BLE001 - the callers get the error; the process lives on
                 log.exception("%s: forward pass of %d texts failed", self._name, len(members))
+                why = f"forward pass failed: {type(exc).__name__}: {exc}"
                 for r in {id(r): r for r, _ in members}.values():
                     r.failed = True
-                    r.loop.call_soon_threadsafe(_settle, r.future, None, exc)
+                    self._answer(r, ("error", r.request_id, why))
                 continue
             self.passes += 1
-            self.texts += len(members)
             for (r, i), output in zip(members, outputs, strict=True):
                 r.results[i] = output
                 r.remaining -= 1
                 if r.remaining == 0:
-                    self.answered += 1
-                    r.loop.call_soon_threadsafe(_settle, r.future, r.results, None)
+                    self._answer(r, ("done", r.request_id, r.results, self.passes))
 
-
-def _settle(future: asyncio.Future, result: Any, error: BaseException | None) -> None:
-    """Runs on the request's event loop; a cancelled request (client gone) is left alone."""
-    if future.done():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)
-
-
-class Admission:
-    """One admitted request: `await run(items, lengths)` once, then its place in the bound is freed.
-
-    Used as a context manager so that a request refused after admission (a 400 on its token count,
-    a client gone) frees its place too.
-    """
-
-    def __init__(self, batcher: Batcher):
-        self._batcher = batcher
-        self._submitted = False
-        self._released = False
-
-    async def run(self, items: list[Any], lengths: list[int]) -> list[Any]:
-        if self._submitted:
-            raise RuntimeError("an admission runs once")
-        if not items or len(items) != len(lengths):
-            raise ValueError("at least one item, and one length per item")
-        self._submitted = True
-        return await self._batcher._submit(items, lengths)
-
-    def release(self) -> None:
-        if not self._released:
-            self._released = True
-            self._batcher._release(self._submitted)
-
-    def __enter__(self) -> Admission:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.release()
+    def _answer(self, request: _Request, message: tuple) -> None:
+        with contextlib.suppress(OSError):  # the HTTP process is gone; _receive sees the socket close
+            send_message(request.sock, message)

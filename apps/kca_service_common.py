@@ -5,8 +5,8 @@ a script's own folder is first on sys.path. Stdlib, NumPy, orjson, FastAPI, Star
 
 Shared: the KCA_* settings and their checks, the {"error": {"message", "type"}} shape with its
 exception handlers, the request-body size limit, loading the model in the background with
-/health answering 503 until it is ready, running a request through the model's batcher
-(kca_batching.py: 503 with Retry-After when its queue is full), padding token ids into arrays,
+/health answering 503 until it is ready, the bound on requests (503 with Retry-After beyond it),
+running a request through the model's process (which batches it, kca_batching.py), padding token ids,
 GET /v1/models, and the command line with uvicorn's limits.
 """
 
@@ -16,18 +16,16 @@ import argparse
 import asyncio
 import ctypes
 import logging
-import multiprocessing.connection
 import os
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import kca_batching
 import numpy as np
@@ -62,8 +60,8 @@ class Settings:
     model_name: str
     device: str
     precision: str
-    # Batching across requests (kca_batching.py): padded tokens per forward pass, how long the worker
-    # waits for requests still being read, and how many requests may be admitted at once.
+    # Batching across requests (kca_batching.py): padded tokens per forward pass, how long the model's
+    # process waits for clients coming back, and how many requests may be admitted at once.
     batch_tokens: int
     batch_wait_ms: int
     max_queued_requests: int
@@ -213,18 +211,17 @@ async def read_json_body(request: Request, max_bytes: int, timeout_s: int) -> di
 
 
 class ModelHolder:
-    """A server's model, run in a process of its own, and the batcher that feeds it.
+    """A server's model, run in a process of its own, which also batches its requests.
 
-    The HTTP process (the event loop, tokenizing, the batcher) and the model's process (torch) share
-    nothing but a socket. In one process they shared one GIL: every torch operation lets go of the
-    GIL and takes it back, and each time the event loop held it the forward pass waited, so a busy
-    event loop stretched every pass. On a GPU, 16 clients sending one text each got 22% of the
-    in-process throughput that way (docs/support-load.md).
+    The HTTP process (the event loop: requests, tokenizing, JSON) and the model's process (torch and
+    the batching, kca_batching.py) share nothing but a socket. In one process they shared one GIL:
+    every torch operation lets go of the GIL and takes it back, and each time the event loop held it
+    the forward pass waited, so a busy event loop stretched every pass. On a GPU, 16 clients sending
+    one text each got 22% of the in-process throughput that way (docs/support-load.md).
 
     The subclass says how: `load()` and `run_pass()` run in the model's process, `adopt()` in the
     HTTP process with what `load()` returned (the tokenizer, the model's figures). /health and the
-    request handlers answer 503 until the model's process says it is ready. Forward passes go one at
-    a time, from the batcher's one worker thread (one GPU, memory bounded by batch_tokens).
+    request handlers answer 503 until the model's process says it is ready.
     """
 
     def __init__(self, settings: Settings, name: str, script: str):
@@ -234,16 +231,17 @@ class ModelHolder:
         self.tokenizer: Any = None
         self.pad_id = 0
         self.error: str | None = None
+        self.bound = kca_batching.RequestBound(settings.max_queued_requests)
+        # What the model has done since the start, for /health (the servers keep no access log).
+        self.answered = 0
+        self.texts = 0
+        self.passes = 0
         self._ready = False
-        self._connection: Any = None
+        self._socket: socket.socket | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._waiting: dict[int, asyncio.Future] = {}
+        self._next_id = 0
         self._process: subprocess.Popen | None = None
-        self.batcher = kca_batching.Batcher(
-            self._run_remote_pass,
-            batch_tokens=settings.batch_tokens,
-            wait_ms=settings.batch_wait_ms,
-            max_queued_requests=settings.max_queued_requests,
-            name=name,
-        )
 
     @property
     def ready(self) -> bool:
@@ -252,7 +250,7 @@ class ModelHolder:
     # --- in the model's process (the subclass) ---
 
     def load(self) -> dict[str, Any]:
-        """Load the model; return what adopt() needs, picklable (the tokenizer as its JSON)."""
+        """Load the model; return what adopt() needs, picklable (the tokenizer as its JSON, pad_id)."""
         raise NotImplementedError
 
     def run_pass(self, arrays: dict[str, np.ndarray]) -> Any:
@@ -280,38 +278,63 @@ class ModelHolder:
             pass_fds=[child.fileno()],
         )
         child.close()
-        self._connection = multiprocessing.connection.Connection(parent.detach())
+        self._socket = parent
 
-    def wait_for_model(self) -> None:
-        """Block until the model's process has loaded the model (or raise with why it did not)."""
+    async def talk_to_model(self, log: logging.Logger) -> None:
+        """Wait until the model's process has loaded the model, then hand each answer it sends to the
+        request waiting for it. The model's process ending, or not loading, ends this server."""
+        reader, self._writer = await asyncio.open_connection(sock=self._socket)
         try:
-            status, value = self._connection.recv()
-        except EOFError:
-            status, value = "failed", f"the model's process ended with {self._process.wait()}"
+            status, value = await kca_batching.read_message(reader)
+        except asyncio.IncompleteReadError:
+            status, value = "failed", f"the model's process ended with {await asyncio.to_thread(self._process.wait)}"
         if status != "ready":
-            raise RuntimeError(value)
+            self.error = str(value)
+            exit_for_restart(log, f"the model did not load: {value}")
         self.adopt(value)
         self._ready = True
+        while True:
+            try:
+                message = await kca_batching.read_message(reader)
+            except (asyncio.IncompleteReadError, OSError):
+                # Killed, out of memory: systemd restarts the unit, and with it a model in a known state.
+                exit_for_restart(log, "the model's process ended")
+            kind, request_id, value, *passes = message
+            waiting = self._waiting.pop(request_id, None)
+            if kind == "done":
+                self.answered += 1
+                self.texts += len(value)
+                self.passes = passes[0]
+            if waiting is None or waiting.done():  # the request is gone (its client went away)
+                continue
+            if kind == "done":
+                waiting.set_result(value)
+            else:
+                waiting.set_exception(RuntimeError(value))
 
-    def _run_remote_pass(self, items: list[tuple[list[int], list[int]]]) -> Any:
-        """The batcher's run_pass: padded here, run there. Only the batcher's worker calls it."""
-        arrays = pad_token_ids(items, self.pad_id)
+    async def run(self, items: list[tuple[list[int], list[int]]], lengths: list[int]) -> list[Any]:
+        """One request's texts through the model's process: one result per item, in order."""
+        request_id = self._next_id
+        self._next_id += 1
+        future = asyncio.get_running_loop().create_future()
+        self._waiting[request_id] = future
+        kca_batching.write_message(self._writer, ("run", request_id, items, lengths, self.bound.admitted))
         try:
-            self._connection.send(arrays)
-            status, value = self._connection.recv()
-        except (EOFError, OSError):
-            # The model's process is gone (killed, out of memory): so is this server. systemd
-            # restarts the unit, and with it a model's process in a known state.
-            logging.getLogger(self.name).critical("the model's process ended; exiting so that systemd restarts")
-            logging.shutdown()
-            os._exit(3)
-        if status != "ok":
-            raise RuntimeError(value)
-        return value
+            return await future
+        finally:
+            self._waiting.pop(request_id, None)
+
+
+def exit_for_restart(log: logging.Logger, why: str) -> NoReturn:
+    """End the server at once with status 3, for systemd to restart it in a known state."""
+    log.critical("%s; exiting so that systemd restarts", why)
+    logging.shutdown()
+    os._exit(3)
 
 
 def serve_model(holder: ModelHolder, fd: int, log: logging.Logger) -> int:
-    """The model's process: load, say so, then run each pass the HTTP process sends until it closes.
+    """The model's process: load, say so, then batch and run the requests the HTTP process sends
+    until it closes the socket.
 
     SIGTERM and SIGINT are left to the HTTP process: on a stop, systemd signals both, and the
     passes of requests still open must go on until uvicorn's graceful shutdown ends. The socket
@@ -321,24 +344,23 @@ def serve_model(holder: ModelHolder, fd: int, log: logging.Logger) -> int:
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     if os.getppid() == 1:
         return 0  # the HTTP process died before prctl took effect
-    connection = multiprocessing.connection.Connection(fd)
+    sock = socket.socket(fileno=fd)
     try:
         described = holder.load()
     except Exception as exc:  # noqa: BLE001 - reported to the HTTP process, which exits
         log.exception("model load failed")
-        connection.send(("failed", f"model load failed: {type(exc).__name__}: {exc}"))
+        kca_batching.send_message(sock, ("failed", f"model load failed: {type(exc).__name__}: {exc}"))
         return 3
-    connection.send(("ready", described))
-    while True:
-        try:
-            arrays = connection.recv()
-        except EOFError:
-            return 0
-        try:
-            connection.send(("ok", holder.run_pass(arrays)))
-        except Exception as exc:  # noqa: BLE001 - the callers get the error; the process lives on
-            log.exception("forward pass of %d texts failed", len(arrays["input_ids"]))
-            connection.send(("error", f"forward pass failed: {type(exc).__name__}: {exc}"))
+    kca_batching.send_message(sock, ("ready", described))
+    settings, pad_id = holder.settings, described["pad_id"]
+    batcher = kca_batching.Batcher(
+        lambda items: holder.run_pass(pad_token_ids(items, pad_id)),
+        batch_tokens=settings.batch_tokens,
+        wait_ms=settings.batch_wait_ms,
+        name=holder.name,
+    )
+    batcher.serve(sock)
+    return 0
 
 
 def pad_token_ids(items: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, np.ndarray]:
@@ -355,45 +377,29 @@ def pad_token_ids(items: list[tuple[list[int], list[int]]], pad_id: int) -> dict
 
 
 def admit(model: ModelHolder) -> kca_batching.Admission:
-    """A place in the model's queue for one request, or 503 with Retry-After at once when it is full.
+    """A place among the server's requests, or 503 with Retry-After at once when they are too many.
 
     Taken before the body is read, so that bodies in memory are bounded too
     (max_queued_requests x max_body_bytes); use it as a context manager: the place is freed
     however the request ends."""
     try:
-        return model.batcher.admit()
+        return model.bound.admit()
     except kca_batching.QueueFull as exc:
-        # One second: the worker clears a full forward pass well within it on the GPU.
+        # One second: the model clears a full forward pass well within it on the GPU.
         raise ApiError(503, f"busy: {exc}; retry later", "service_unavailable", {"Retry-After": "1"}) from None
 
 
-async def run_admitted(
-    admission: kca_batching.Admission,
-    model: ModelHolder,
-    tokenize: Callable[[], list[tuple[list[int], list[int]]]],
-    size: int,
+async def run_tokenized(
+    model: ModelHolder, tokenize: Callable[[], list[tuple[list[int], list[int]]]], size: int
 ) -> tuple[list[Any], int]:
-    """Tokenize (size: the request's characters; in the thread pool beside the forward passes unless
-    small), check the request's token total, and wait for its results from the batcher, in order."""
+    """Tokenize (size: the request's characters; in the thread pool unless small), check the request's
+    token total, and wait for its results from the model's process, in order."""
     items = tokenize() if size <= INLINE_CHARS else await run_in_threadpool(tokenize)
     lengths = [len(ids) for ids, _ in items]
     tokens = sum(lengths)
     if tokens > model.settings.max_request_tokens:
         raise ApiError(400, f"the request has {tokens} tokens; at most {model.settings.max_request_tokens}: split it")
-    return await admission.run(items, lengths), tokens
-
-
-def load_in_background(model: ModelHolder, log: logging.Logger) -> None:
-    """Wait for the model's process to load the model, then start the batcher; a model that cannot
-    load ends this process so that systemd restarts it."""
-    try:
-        model.wait_for_model()
-        model.batcher.start()
-    except Exception as exc:  # noqa: BLE001 - any failure here is fatal and must be logged
-        log.exception("model load failed")
-        model.error = str(exc)
-        logging.shutdown()
-        os._exit(3)
+    return await model.run(items, lengths), tokens
 
 
 def check_model_and_ready(body: dict[str, Any], model: ModelHolder) -> None:
@@ -422,8 +428,9 @@ def create_base_app(
     @asynccontextmanager
     async def lifespan(_: FastAPI):
         model.spawn_model_process()
-        threading.Thread(target=load_in_background, args=(model, log), daemon=True).start()
+        talking = asyncio.create_task(model.talk_to_model(log))
         yield
+        talking.cancel()
 
     app = FastAPI(title=title, lifespan=lifespan, docs_url=None, redoc_url=None)
 
@@ -455,12 +462,12 @@ def create_base_app(
                 "model": settings.model_name,
                 "device": settings.device,
                 "precision": settings.precision,
-                "queued_requests": model.batcher.admitted,
+                "queued_requests": model.bound.admitted,
                 "max_queued_requests": settings.max_queued_requests,
                 # What the model has done since the start (no access log: see main()).
-                "answered_requests": model.batcher.answered,
-                "texts": model.batcher.texts,
-                "forward_passes": model.batcher.passes,
+                "answered_requests": model.answered,
+                "texts": model.texts,
+                "forward_passes": model.passes,
                 **health_extra(),
             }
         )

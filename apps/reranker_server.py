@@ -12,7 +12,7 @@ Every setting comes from the environment (the unit renders it from the stack dat
     KCA_DEVICE          cuda | cpu (default cpu)
     KCA_PRECISION       fp16 | fp32 (default fp32; fp16 only on cuda)
     KCA_BATCH_TOKENS         padded tokens per forward pass (default 8192)
-    KCA_BATCH_WAIT_MS        how long a pass waits for requests still being read (default 2)
+    KCA_BATCH_WAIT_MS        how long a pass waits for clients coming back (default 2)
     KCA_MAX_QUEUED_REQUESTS  requests admitted at once; more get 503 + Retry-After (default 64)
     KCA_MAX_ITEMS            most documents in one request (default 256)
     KCA_MAX_TEXT_CHARS       longest query or document in characters (default 32768)
@@ -141,7 +141,7 @@ class Reranker(kca_service_common.ModelHolder):
 
     def tokenize(self, query: str, documents: list[str]) -> list[tuple[list[int], list[int]]]:
         """(ids, type ids) per query-document pair."""
-        return [(e.ids, e.type_ids) for e in self.tokenizer.encode_batch([(query, d) for d in documents])]
+        return [(e.ids, e.type_ids) for e in self.tokenizer.encode_batch_fast([(query, d) for d in documents])]
 
 
 # --- the app ----------------------------------------------------------------------------------
@@ -153,7 +153,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.reranker = reranker
 
     async def rerank(request: Request) -> JSONResponse:
-        with kca_service_common.admit(reranker) as admission:
+        with kca_service_common.admit(reranker):
             body = await kca_service_common.read_json_body(request, settings.max_body_bytes, settings.body_timeout_s)
             query = check_text("query", body.get("query"), settings)
             documents = parse_documents(body.get("documents"), settings)
@@ -163,8 +163,7 @@ def create_app(settings: Settings) -> FastAPI:
                 raise ApiError(400, "'return_documents' must be true or false")
             kca_service_common.check_model_and_ready(body, reranker)
 
-            scores, tokens = await kca_service_common.run_admitted(
-                admission,
+            scores, tokens = await kca_service_common.run_tokenized(
                 reranker,
                 lambda: reranker.tokenize(query, documents),
                 len(query) * len(documents) + sum(len(d) for d in documents),

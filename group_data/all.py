@@ -395,8 +395,10 @@ services = {
             # Padded tokens per pass: the VRAM term above. One text of max_text_tokens fits one pass. On
             # the GPU, requests of many clients still merge into passes larger than 32 short texts.
             "batch_tokens": 4096,
-            # A pass waits only for requests already admitted and still being read or tokenized, never
-            # when it is alone: a single client pays nothing. 2 ms is small next to a pass.
+            # When a pass would run short, the model's process waits this long at most for as many
+            # requests as were in the server at once in the last second or two: clients that wait for
+            # their answers come back in step, and on the GPU a pass of 8 short texts costs what one of
+            # 16 does. Never when a client is alone: a single client pays nothing.
             "wait_ms": 2,
             # Requests admitted at once (read, queued or running); one more gets 503 + Retry-After at
             # once. 64 = Open WebUI and Dify ingesting with 16+ parallel workers each, with room; the

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -348,6 +349,25 @@ def test_health_counts_what_was_answered(servers):
     assert after["answered_requests"] - before["answered_requests"] == 1
     assert after["texts"] - before["texts"] == 3
     assert after["forward_passes"] > before["forward_passes"]
+
+
+def children(pid: int) -> list[int]:
+    return [int(c) for task in Path(f"/proc/{pid}/task").glob("*/children") for c in task.read_text().split()]
+
+
+def test_a_model_process_that_dies_ends_the_server_for_systemd_to_restart(model_dirs, tmp_path):
+    """The HTTP process holds no model: with its model's process gone it could only fail every request,
+    so it exits with status 3 (the unit's Restart= brings both back). Its own server: this one dies."""
+    server = Server("bge-embedding", model_dirs["bge-embedding"], tmp_path / "doomed.log")
+    try:
+        server.wait_ready()
+        assert embed(server, ["still alive"]).status_code == 200
+        (model_process,) = children(server.process.pid)
+        os.kill(model_process, signal.SIGKILL)
+        assert server.process.wait(30) == 3, server.log()
+        assert "the model's process ended" in server.log()
+    finally:
+        server.stop()
 
 
 if __name__ == "__main__":

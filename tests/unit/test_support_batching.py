@@ -1,33 +1,37 @@
-"""The request queue and batching worker of the support services (apps/kca_batching.py), with a plain
-function in place of the model: which requests share a forward pass, how passes are cut, whose result
-goes where, and when the queue refuses. The real apps with the real model: test_support_apps.py.
+"""The batching of the support services (apps/kca_batching.py) as the model's process runs it, with a
+plain function in place of the model: which requests share a forward pass, how passes are cut, whose
+result goes where. This test plays the HTTP process: it sends requests over a real socket pair in the
+real message format, and Batcher.serve() runs in a thread as it runs in the model's process. The real
+apps with the real model: test_support_apps.py.
 
 Runs in the control machine's venv, which has no torch, NumPy or FastAPI: importing kca_batching here
 is what keeps it standard-library only."""
 
 from __future__ import annotations
 
-import asyncio
+import socket
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "apps"))
 
-from kca_batching import Batcher, QueueFull, plan_passes  # noqa: E402
+import kca_batching  # noqa: E402
+from kca_batching import Batcher, QueueFull, RequestBound, plan_passes, receive_message, send_message  # noqa: E402
 
 # No test here waits this long unless the code under test is wrong: a bound, not a timing.
 GIVE_UP_S = 20
 
 
 class RecordingModel:
-    """Stands in for a forward pass: an item is (text, length); the result names the text. Records
-    every pass, and can hold the worker inside a pass until the test lets it go."""
+    """Stands in for a forward pass: an item is a text; the result names it. Records every pass, and
+    can hold the model inside a pass until the test lets it go."""
 
     def __init__(self):
-        self.passes: list[list[tuple[str, int]]] = []
+        self.passes: list[list[str]] = []
         self.hold = threading.Event()
         self.hold.set()
         self.inside = threading.Event()
@@ -36,26 +40,55 @@ class RecordingModel:
     def run_pass(self, items):
         self.passes.append(list(items))
         self.inside.set()
-        self.hold.wait(GIVE_UP_S)
-        if self.fail_on is not None and any(text == self.fail_on for text, _ in items):
+        assert self.hold.wait(GIVE_UP_S)
+        if self.fail_on in items:
             raise RuntimeError("the model failed")
-        return [f"result of {text}" for text, _ in items]
+        return [f"result of {text}" for text in items]
 
 
-def make_batcher(model: RecordingModel, **overrides) -> Batcher:
-    settings = {"batch_tokens": 64, "wait_ms": 0, "max_queued_requests": 8, "name": "test"} | overrides
-    batcher = Batcher(model.run_pass, **settings)
-    batcher.start()
-    return batcher
+class ModelProcess:
+    """Batcher.serve() in a thread on one end of a socket pair; the test speaks on the other."""
 
+    def __init__(self, model: RecordingModel, **overrides):
+        settings = {"batch_tokens": 64, "wait_ms": 0, "name": "test"} | overrides
+        self.batcher = Batcher(model.run_pass, **settings)
+        self.http, model_end = socket.socketpair()
+        self.http.settimeout(GIVE_UP_S)
+        self.thread = threading.Thread(target=self.batcher.serve, args=(model_end,), daemon=True)
+        self.thread.start()
+        self.next_id = 0
 
-async def request(batcher: Batcher, texts: list[tuple[str, int]]) -> list[str]:
-    with batcher.admit() as admission:
-        return await asyncio.wait_for(admission.run(texts, [n for _, n in texts]), GIVE_UP_S)
+    def send(self, texts: list[tuple[str, int]], in_server: int = 1) -> int:
+        """One request of (text, tokens); returns its id."""
+        return self.send_together([texts], in_server)[0]
 
+    def send_together(self, requests: list[list[tuple[str, int]]], in_server: int) -> list[int]:
+        """Requests that arrive at once: written with one system call, so the socket holds them all
+        before the model's process reads any of them."""
+        ids = list(range(self.next_id, self.next_id + len(requests)))
+        self.next_id += len(requests)
+        sender, receiver = socket.socketpair()  # framing through the real send_message, then one write
+        with sender, receiver:
+            for request_id, texts in zip(ids, requests, strict=True):
+                message = ("run", request_id, [t for t, _ in texts], [n for _, n in texts], in_server)
+                send_message(sender, message)
+            sender.shutdown(socket.SHUT_WR)
+            data = b"".join(iter(lambda: receiver.recv(1 << 16), b""))
+        self.http.sendall(data)
+        return ids
 
-def run(coro):
-    return asyncio.run(asyncio.wait_for(coro, GIVE_UP_S))
+    def answers(self, count: int) -> dict[int, tuple]:
+        """The next `count` answers, by request id."""
+        found = {}
+        for _ in range(count):
+            kind, request_id, value, *rest = receive_message(self.http)
+            found[request_id] = (kind, value, *rest)
+        return found
+
+    def close(self) -> None:
+        self.http.close()
+        self.thread.join(GIVE_UP_S)
+        assert not self.thread.is_alive(), "serve() did not return when the HTTP process closed the socket"
 
 
 # --- plan_passes ---------------------------------------------------------------------------------
@@ -84,153 +117,142 @@ def test_a_text_longer_than_the_budget_runs_alone():
     assert plan_passes([200, 3, 3], 64) == [[0], [1, 2]]
 
 
-# --- the worker ------------------------------------------------------------------------------------
+# --- the model's process ---------------------------------------------------------------------------
 
 
 def test_each_caller_gets_its_own_results_in_its_own_order():
     model = RecordingModel()
-    batcher = make_batcher(model, batch_tokens=1000)
-
-    async def main():
-        callers = [[(f"c{c}-t{t}", 1 + (c * 7 + t * 3) % 11) for t in range(1 + c % 4)] for c in range(8)]
-        answers = await asyncio.gather(*(request(batcher, texts) for texts in callers))
-        for texts, answer in zip(callers, answers, strict=True):
-            assert answer == [f"result of {text}" for text, _ in texts]
-
-    run(main())
-    # The counts /health reports.
-    assert batcher.answered == 8
-    assert batcher.texts == sum(1 + c % 4 for c in range(8))
-    assert batcher.passes == len(model.passes)
+    process = ModelProcess(model, batch_tokens=1000)
+    callers = [[(f"c{c}-t{t}", 1 + (c * 7 + t * 3) % 11) for t in range(1 + c % 4)] for c in range(8)]
+    ids = process.send_together(callers, in_server=8)
+    answers = process.answers(len(callers))
+    for request_id, texts in zip(ids, callers, strict=True):
+        kind, results, passes = answers[request_id]
+        assert kind == "done"
+        assert results == [f"result of {text}" for text, _ in texts]
+    # The count /health reports comes with each answer.
+    assert max(passes for _, _, passes in answers.values()) == len(model.passes)
+    process.close()
 
 
 def test_requests_that_queue_during_a_pass_share_the_next_one():
     model = RecordingModel()
-    batcher = make_batcher(model, batch_tokens=1000)
-
-    async def main():
-        model.hold.clear()
-        first = asyncio.ensure_future(request(batcher, [("first", 4)]))
-        while not model.inside.is_set():
-            await asyncio.sleep(0.01)
-        # The worker is inside the first pass: these six queue up behind it.
-        rest = [asyncio.ensure_future(request(batcher, [(f"r{i}", 4)])) for i in range(6)]
-        while batcher._queued_tokens < 6 * 4:
-            await asyncio.sleep(0.01)
-        model.hold.set()
-        await asyncio.gather(first, *rest)
-
-    run(main())
+    process = ModelProcess(model, batch_tokens=1000)
+    model.hold.clear()
+    process.send([("first", 4)])
+    assert model.inside.wait(GIVE_UP_S)
+    # The model is inside the first pass: these six wait in the socket behind it.
+    for i in range(6):
+        process.send([(f"r{i}", 4)])
+    model.hold.set()
+    process.answers(7)
     assert [len(p) for p in model.passes] == [1, 6]
-    assert sorted(text for text, _ in model.passes[1]) == [f"r{i}" for i in range(6)]
+    assert sorted(model.passes[1]) == [f"r{i}" for i in range(6)]
+    process.close()
 
 
 def test_a_pass_never_exceeds_the_token_budget():
     model = RecordingModel()
-    batcher = make_batcher(model, batch_tokens=64)
-
-    async def main():
-        model.hold.clear()
-        first = asyncio.ensure_future(request(batcher, [("first", 1)]))
-        while not model.inside.is_set():
-            await asyncio.sleep(0.01)
-        callers = [[(f"c{c}-t{t}", 3 + (c * 5 + t) % 17) for t in range(5)] for c in range(6)]
-        futures = [asyncio.ensure_future(request(batcher, texts)) for texts in callers]
-        while batcher._queued_tokens < sum(n for texts in callers for _, n in texts):
-            await asyncio.sleep(0.01)
-        model.hold.set()
-        await asyncio.gather(first, *futures)
-
-    run(main())
+    process = ModelProcess(model, batch_tokens=64)
+    model.hold.clear()
+    process.send([("first", 1)])
+    assert model.inside.wait(GIVE_UP_S)
+    callers = [[(f"c{c}-t{t}", 3 + (c * 5 + t) % 17) for t in range(5)] for c in range(6)]
+    lengths = {text: n for texts in callers for text, n in texts}
+    for texts in callers:
+        process.send(texts)
+    model.hold.set()
+    process.answers(1 + len(callers))
     for items in model.passes[1:]:
-        lengths = [n for _, n in items]
-        assert len(lengths) * max(lengths) <= 64, lengths
-        assert lengths == sorted(lengths, reverse=True)
+        passed = [lengths[text] for text in items]
+        assert len(passed) * max(passed) <= 64, passed
+        assert passed == sorted(passed, reverse=True)
+    process.close()
 
 
 def test_a_lone_request_does_not_wait_for_company():
     # A wait of a minute: a lone request that waited for it would run into GIVE_UP_S.
     model = RecordingModel()
-    batcher = make_batcher(model, wait_ms=60_000)
-    assert run(request(batcher, [("alone", 5)])) == ["result of alone"]
+    process = ModelProcess(model, wait_ms=60_000)
+    request_id = process.send([("alone", 5)], in_server=1)
+    assert process.answers(1)[request_id][:2] == ("done", ["result of alone"])
+    process.close()
 
 
-def test_the_worker_waits_for_a_request_still_being_read():
+def rounds(process: ModelProcess, clients: int, late: int) -> None:
+    """`clients` requests at once, then again: all but `late` of them at once and the rest 0.2 s later,
+    as clients that each wait for their answer come back (some sooner than others)."""
+    process.send_together([[(f"first-{c}", 5)] for c in range(clients)], in_server=clients)
+    process.answers(clients)
+    process.send_together([[(f"again-{c}", 5)] for c in range(clients - late)], in_server=clients)
+    time.sleep(0.2)
+    process.send_together([[(f"again-{c}", 5)] for c in range(clients - late, clients)], in_server=clients)
+    process.answers(clients)
+
+
+def test_clients_that_come_back_in_step_share_one_pass():
     model = RecordingModel()
-    batcher = make_batcher(model, batch_tokens=1000, wait_ms=60_000)
-
-    async def main():
-        slow = batcher.admit()  # admitted, still reading its body
-        fast = asyncio.ensure_future(request(batcher, [("fast", 5)]))
-        await asyncio.sleep(0.2)
-        assert not model.passes, "the worker ran before the request it was told about arrived"
-        with slow:
-            late = await slow.run([("late", 5)], [5])
-        assert await fast == ["result of fast"]
-        assert late == ["result of late"]
-
-    run(main())
-    assert [sorted(t for t, _ in p) for p in model.passes] == [["fast", "late"]]
+    process = ModelProcess(model, batch_tokens=1000, wait_ms=60_000)
+    rounds(process, clients=4, late=2)
+    assert [len(p) for p in model.passes] == [4, 4]
+    process.close()
 
 
-def test_a_request_refused_after_admission_stops_the_wait():
+def test_without_the_wait_clients_that_come_back_apart_split_the_pass():
+    # What the wait above prevents: the same load with wait_ms 0.
     model = RecordingModel()
-    batcher = make_batcher(model, wait_ms=60_000)
-
-    async def main():
-        refused = batcher.admit()
-        waiting = asyncio.ensure_future(request(batcher, [("kept", 5)]))
-        await asyncio.sleep(0.2)
-        refused.release()  # e.g. its body was not valid JSON
-        assert await waiting == ["result of kept"]
-
-    run(main())
+    process = ModelProcess(model, batch_tokens=1000, wait_ms=0)
+    rounds(process, clients=4, late=2)
+    assert [len(p) for p in model.passes] == [4, 2, 2]
+    process.close()
 
 
-def test_a_full_queue_refuses_at_once_and_frees_places_when_answered():
+def test_the_wait_ends_when_a_pass_is_full():
+    # Four clients expected, but two requests already fill a pass: no waiting for the other two.
     model = RecordingModel()
-    batcher = make_batcher(model, max_queued_requests=2)
-
-    async def main():
-        model.hold.clear()
-        held = [asyncio.ensure_future(request(batcher, [(f"h{i}", 5)])) for i in range(2)]
-        while batcher.admitted < 2:
-            await asyncio.sleep(0.01)
-        with pytest.raises(QueueFull, match="at most 2"):
-            batcher.admit()
-        model.hold.set()
-        await asyncio.gather(*held)
-        assert batcher.admitted == 0
-        assert await request(batcher, [("after", 5)]) == ["result of after"]
-
-    run(main())
+    process = ModelProcess(model, batch_tokens=20, wait_ms=60_000)
+    process.send([("a", 10)], in_server=4)
+    process.send([("b", 10)], in_server=4)
+    process.answers(2)
+    assert [sorted(p) for p in model.passes] == [["a", "b"]]
+    process.close()
 
 
-def test_a_failed_pass_fails_its_callers_and_the_worker_goes_on():
+def test_once_the_crowd_has_gone_a_lone_request_waits_for_nobody(monkeypatch):
+    monkeypatch.setattr(kca_batching, "PEAK_WINDOW_S", 0.05)
+    model = RecordingModel()
+    process = ModelProcess(model, batch_tokens=1000, wait_ms=60_000)
+    process.send_together([[(f"crowd-{c}", 5)] for c in range(4)], in_server=4)
+    process.answers(4)
+    time.sleep(0.2)  # two windows: the four are forgotten
+    # A wait of a minute: had the model's process waited for the four, this would run into GIVE_UP_S.
+    request_id = process.send([("alone", 5)], in_server=1)
+    assert process.answers(1)[request_id][:2] == ("done", ["result of alone"])
+    process.close()
+
+
+def test_a_failed_pass_fails_its_callers_and_the_model_goes_on():
     model = RecordingModel()
     model.fail_on = "poison"
-    batcher = make_batcher(model)
+    process = ModelProcess(model)
+    failed = process.send([("poison", 5), ("fine", 5)])
+    kind, why = process.answers(1)[failed]
+    assert kind == "error"
+    assert "the model failed" in why
+    after = process.send([("next", 5)])
+    assert process.answers(1)[after][:2] == ("done", ["result of next"])
+    process.close()
 
-    async def main():
-        with pytest.raises(RuntimeError, match="the model failed"):
-            await request(batcher, [("poison", 5), ("fine", 5)])
-        assert await request(batcher, [("next", 5)]) == ["result of next"]
 
-    run(main())
-    assert batcher.answered == 1, "a failed request is not counted as answered"
+# --- the HTTP process's bound ------------------------------------------------------------------------
 
 
-def test_an_admission_runs_once_and_needs_one_length_per_item():
-    model = RecordingModel()
-    batcher = make_batcher(model)
-
-    async def main():
-        with batcher.admit() as admission:
-            with pytest.raises(ValueError, match="one length per item"):
-                await admission.run([("a", 1)], [1, 2])
-            await admission.run([("a", 1)], [1])
-            with pytest.raises(RuntimeError, match="runs once"):
-                await admission.run([("a", 1)], [1])
-        assert batcher.admitted == 0
-
-    run(main())
+def test_a_full_bound_refuses_at_once_and_frees_places_however_requests_end():
+    bound = RequestBound(2)
+    first = bound.admit()
+    with bound.admit(), pytest.raises(QueueFull, match="at most 2"):
+        bound.admit()
+    assert bound.admitted == 1, "the place of a request that ended (here: raised) is free"
+    first.release()
+    first.release()  # once only
+    assert bound.admitted == 0
