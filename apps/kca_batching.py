@@ -6,7 +6,7 @@ Standard library only, so the batching is tested without a model.
 A server is two processes joined by a socket (kca_service_common.py). The HTTP process admits each
 request against `max_queued_requests` (`RequestBound`), reads and tokenizes it, and sends it to the
 model's process as one message. The model's process runs `Batcher.serve()`: it gathers the requests
-that have arrived into forward passes, runs them one at a time, and sends each request's results back
+that have arrived into forward passes, runs them, and sends each request's results back
 as soon as they are done. Batching lives beside the model so that the device never waits for the
 HTTP process: the moment a pass ends, the next one is cut from whatever the socket holds. (When the
 HTTP process did the batching, each pass began only once the event loop had got round to it, behind
@@ -26,7 +26,11 @@ How the model's process gathers (`Batcher.serve`):
    A few milliseconds for the group whose answers just went out makes one pass.
 3. The gathered texts are sorted by length, longest first, and cut into forward passes of at most
    `batch_tokens` padded tokens (a single longer text runs alone). Sorting keeps padding small.
-4. Each request's results go back in its own order as soon as its last text is done.
+4. With one lane (a GPU), the passes run one after another. With several (a CPU: one per thread of
+   the forward pass), the texts are cut into whole rounds of passes, as small as the rounds allow,
+   and a round's passes run side by side, each on one thread; a single text runs alone on all of
+   them. The next gathering begins when the round has ended.
+5. Each request's results go back in its own order as soon as its last text is done.
 
 The messages (one pickle each, behind an 8-byte length):
     HTTP -> model   ("run", request id, items, token counts, requests in the server)
@@ -37,6 +41,7 @@ The messages (one pickle each, behind an 8-byte length):
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import pickle
@@ -145,16 +150,38 @@ class Admission:
 # --- the model's process: gathering and passes -----------------------------------------------------
 
 
-def plan_passes(lengths: Sequence[int], batch_tokens: int) -> list[list[int]]:
+def plan_passes(lengths: Sequence[int], batch_tokens: int, lanes: int = 1) -> list[list[int]]:
     """Indexes into `lengths`, longest first, cut so that each pass holds at most batch_tokens
-    padded tokens (pass size x its longest text); a text longer than batch_tokens runs alone."""
+    padded tokens (pass size x its longest text); a text longer than batch_tokens runs alone.
+
+    With lanes (passes run side by side), the same number of passes rounded up to whole rounds of
+    lanes, each as small as that allows: the passes of a round end together, and no lane waits
+    long for the others before the next gathering."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    passes = _pack(order, lengths, batch_tokens)
+    if lanes <= 1:
+        return passes
+    rounds = -(-len(passes) // lanes) * lanes
+    # The least padded tokens a pass needs for the texts to fit in `rounds` passes (fewer tokens a
+    # pass never makes fewer passes): a binary search between one token and batch_tokens.
+    low, high = 1, batch_tokens
+    while low < high:
+        middle = (low + high) // 2
+        if len(_pack(order, lengths, middle)) <= rounds:
+            high = middle
+        else:
+            low = middle + 1
+    return _pack(order, lengths, low)
+
+
+def _pack(order: list[int], lengths: Sequence[int], budget: int) -> list[list[int]]:
+    """Texts in `order` (longest first) into passes of at most budget padded tokens, in turn."""
     passes: list[list[int]] = []
     current: list[int] = []
     for index in order:
         # Sorted longest first, so the pass's first text sets its padded length.
         longest = lengths[current[0]] if current else lengths[index]
-        if current and (len(current) + 1) * longest > batch_tokens:
+        if current and (len(current) + 1) * longest > budget:
             passes.append(current)
             current = []
         current.append(index)
@@ -185,9 +212,25 @@ class _Request:
 class Batcher:
     """The model's process: requests from the HTTP process gathered into passes (see the module doc)."""
 
-    def __init__(self, run_pass: RunPass, *, batch_tokens: int, wait_ms: float, name: str = "model"):
+    def __init__(
+        self,
+        run_pass: RunPass,
+        *,
+        batch_tokens: int,
+        wait_ms: float,
+        name: str = "model",
+        lanes: int = 1,
+        start_lane: Callable[[], None] | None = None,
+    ):
         self._run_pass = run_pass
         self.batch_tokens = batch_tokens
+        # Passes that run side by side (step 4), each in a thread that began with start_lane().
+        self.lanes = lanes
+        self._lane_pool = (
+            concurrent.futures.ThreadPoolExecutor(lanes, thread_name_prefix=f"{name}-lane", initializer=start_lane)
+            if lanes > 1
+            else None
+        )
         self._wait_s = wait_ms / 1000
         self._name = name
         self._queue: deque[_Request] = deque()
@@ -271,27 +314,47 @@ class Batcher:
     def _run(self, requests: list[_Request]) -> None:
         owners = [(r, i) for r in requests for i in range(len(r.items))]
         lengths = [r.lengths[i] for r, i in owners]
-        for indexes in plan_passes(lengths, self.batch_tokens):
-            members = [owners[k] for k in indexes if not owners[k][0].failed]
-            if not members:
-                continue
-            try:
-                outputs = self._run_pass([r.items[i] for r, i in members])
-                if len(outputs) != len(members):
-                    raise RuntimeError(f"run_pass returned {len(outputs)} results for {len(members)} items")
-            except Exception as exc:  # noqa: BLE001 - the callers get the error; the process lives on
-                log.exception("%s: forward pass of %d texts failed", self._name, len(members))
-                why = f"forward pass failed: {type(exc).__name__}: {exc}"
-                for r in {id(r): r for r, _ in members}.values():
+        if self._lane_pool is None or len(owners) == 1:
+            # One lane, or one text (which no lane would run faster): here, on all of the forward
+            # pass's threads, one pass after another.
+            for indexes in plan_passes(lengths, self.batch_tokens):
+                members = [owners[k] for k in indexes if not owners[k][0].failed]
+                if members:
+                    self._finish(members, self._try_pass(members))
+            return
+        passes = [[owners[k] for k in indexes] for indexes in plan_passes(lengths, self.batch_tokens, self.lanes)]
+        running = {self._lane_pool.submit(self._try_pass, members): members for members in passes}
+        for done in concurrent.futures.as_completed(running):
+            self._finish(running[done], done.result())
+
+    def _try_pass(self, members: list[tuple[_Request, int]]) -> tuple[Sequence[Any], str | None]:
+        """The pass's outputs, one per member; or none, and why the pass failed."""
+        try:
+            outputs = self._run_pass([r.items[i] for r, i in members])
+            if len(outputs) != len(members):
+                raise RuntimeError(f"run_pass returned {len(outputs)} results for {len(members)} items")
+            return outputs, None
+        except Exception as exc:  # noqa: BLE001 - the callers get the error; the process lives on
+            log.exception("%s: forward pass of %d texts failed", self._name, len(members))
+            return (), f"forward pass failed: {type(exc).__name__}: {exc}"
+
+    def _finish(self, members: list[tuple[_Request, int]], tried: tuple[Sequence[Any], str | None]) -> None:
+        """Hand a pass's outputs to their requests; answer each request whose last text this was."""
+        outputs, failure = tried
+        if failure is not None:
+            for r in {id(r): r for r, _ in members}.values():
+                if not r.failed:
                     r.failed = True
-                    self._answer(r, ("error", r.request_id, why))
+                    self._answer(r, ("error", r.request_id, failure))
+            return
+        self.passes += 1
+        for (r, i), output in zip(members, outputs, strict=True):
+            if r.failed:
                 continue
-            self.passes += 1
-            for (r, i), output in zip(members, outputs, strict=True):
-                r.results[i] = output
-                r.remaining -= 1
-                if r.remaining == 0:
-                    self._answer(r, ("done", r.request_id, r.results, self.passes))
+            r.results[i] = output
+            r.remaining -= 1
+            if r.remaining == 0:
+                self._answer(r, ("done", r.request_id, r.results, self.passes))
 
     def _answer(self, request: _Request, message: tuple) -> None:
         with contextlib.suppress(OSError):  # the HTTP process is gone; _receive sees the socket close

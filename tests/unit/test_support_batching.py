@@ -117,6 +117,39 @@ def test_a_text_longer_than_the_budget_runs_alone():
     assert plan_passes([200, 3, 3], 64) == [[0], [1, 2]]
 
 
+@pytest.mark.parametrize(
+    ("lengths", "budget"),
+    [
+        ([52] * 78 + [40, 30], 4096),  # a full pass and a sliver: two equal halves instead
+        ([10] * 100, 640),
+        ([5, 50, 12, 12, 3, 40, 7], 64),
+        ([200, 3, 3], 64),
+        ([7, 7, 7], 64),
+        ([30 + (i * 37) % 270 for i in range(200)], 4096),
+    ],
+)
+@pytest.mark.parametrize("lanes", [2, 3])
+def test_lanes_get_whole_rounds_of_passes_no_larger_than_one_lane_would(lengths, budget, lanes):
+    alone = plan_passes(lengths, budget)
+    passes = plan_passes(lengths, budget, lanes)
+    assert sorted(i for p in passes for i in p) == list(range(len(lengths)))
+    assert [lengths[i] for p in passes for i in p] == sorted(lengths, reverse=True)
+
+    def padded(p):
+        return len(p) * max(lengths[i] for i in p)
+
+    assert all(padded(p) <= budget or len(p) == 1 for p in passes)
+    # At most as many rounds as one lane's passes need; where texts are enough, every lane has one.
+    assert len(passes) <= -(-len(alone) // lanes) * lanes
+    assert len(passes) >= min(lanes, len(lengths)) or max(map(padded, passes)) == max(lengths)
+    # The round ends with its largest pass: never later than one lane's largest pass would end.
+    assert max(map(padded, passes)) <= max(map(padded, alone))
+
+
+def test_with_balanced_lanes_a_full_pass_and_a_sliver_become_halves():
+    assert [len(p) for p in plan_passes([52] * 78 + [40, 30], 4096, lanes=2)] == [40, 40]
+
+
 # --- the model's process ---------------------------------------------------------------------------
 
 
@@ -245,6 +278,63 @@ def test_a_failed_pass_fails_its_callers_and_the_model_goes_on():
 
 
 # --- the HTTP process's bound ------------------------------------------------------------------------
+
+
+class LaneModel(RecordingModel):
+    """Records the thread each pass ran in; with a barrier, a pass waits inside for the others."""
+
+    def __init__(self, side_by_side: int = 0):
+        super().__init__()
+        self.threads: list[str] = []
+        self.started: list[str] = []
+        self.barrier = threading.Barrier(side_by_side) if side_by_side else None
+
+    def start_lane(self):
+        self.started.append(threading.current_thread().name)
+
+    def run_pass(self, items):
+        self.threads.append(threading.current_thread().name)
+        if self.barrier is not None:
+            self.barrier.wait(GIVE_UP_S)  # broken (and the pass failed) unless the others are inside too
+        return super().run_pass(items)
+
+
+def test_lanes_run_passes_side_by_side_and_each_caller_still_gets_its_results_in_order():
+    model = LaneModel(side_by_side=2)
+    process = ModelProcess(model, batch_tokens=1000, lanes=2, start_lane=model.start_lane)
+    callers = [[(f"c{c}-t{t}", 5) for t in range(3)] for c in range(4)]
+    ids = process.send_together(callers, in_server=4)
+    answers = process.answers(len(callers))
+    for request_id, texts in zip(ids, callers, strict=True):
+        assert answers[request_id][:2] == ("done", [f"result of {text}" for text, _ in texts])
+    # One pass would have held all twelve texts; two lanes ran halves, at once (the barrier).
+    assert sorted(len(p) for p in model.passes) == [6, 6]
+    assert all(name.startswith("test-lane") for name in model.threads)
+    assert sorted(model.started) == sorted(set(model.threads)) and len(model.started) == 2
+    process.close()
+
+
+def test_with_lanes_a_single_text_runs_on_every_thread_of_the_model_process():
+    model = LaneModel()
+    process = ModelProcess(model, lanes=2, start_lane=model.start_lane)
+    process.send([("alone", 5)])
+    assert process.answers(1)[0][:2] == ("done", ["result of alone"])
+    assert model.threads == [process.thread.name]  # not a lane, whose torch has one thread
+    process.close()
+
+
+def test_a_failed_pass_in_one_lane_fails_only_its_callers():
+    model = LaneModel()
+    model.fail_on = "c1-t0"
+    process = ModelProcess(model, batch_tokens=1000, lanes=2)
+    # Two callers of equal texts: the lanes' halves are the two callers.
+    ids = process.send_together([[(f"c{c}-t{t}", 5) for t in range(4)] for c in range(2)], in_server=2)
+    answers = process.answers(2)
+    assert answers[ids[0]][:2] == ("done", [f"result of c0-t{t}" for t in range(4)])
+    assert answers[ids[1]][0] == "error" and "the model failed" in answers[ids[1]][1]
+    process.send([("after", 5)])
+    assert process.answers(1)[ids[1] + 1][0] == "done"
+    process.close()
 
 
 def test_a_full_bound_refuses_at_once_and_frees_places_however_requests_end():
