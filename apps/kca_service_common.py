@@ -40,12 +40,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 # Requests are tokenized side by side in the thread pool already; the tokenizer's own worker pool on top
 # would only compete with the forward pass for the same cores. Read when the tokenizer is first used.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# The forward pass's OpenMP threads sleep between parallel regions instead of spinning (libgomp's
-# default spins for a while). A spinning thread holds a core that the event loop, the tokenizer and
-# the other services on the host need: on 2 busy cores a one-text pass on 2 spinning threads took
-# 7x the CPU time of one thread (measured), on 2 passive threads about the same. Read when torch
-# (and with it libgomp) is first imported, which is after this module.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# The forward pass's OpenMP threads spin only briefly before they sleep (GOMP_SPINCOUNT, libgomp's, which
+# torch's wheels ship). libgomp's default spins 300,000 times, and a spinning thread holds a core that
+# the tokenizer and the other services on the host need: on 2 busy cores a one-text pass on 2 threads
+# took 7x the CPU time of one thread. Not spinning at all (OMP_WAIT_POLICY=PASSIVE) pays a futex wake
+# at every operation of the pass. A short spin has neither cost; one MiniLM text on 2 threads, measured
+# on 2 cores (docs/support-load.md): idle cores 17.5 ms at 1.67 cores with 1000 spins, 22 ms at 1.45
+# cores passive, 14-17 ms at 1.95 cores with the default; beside two busy loops 33-48 ms at 0.79 cores
+# with 1000 spins, 32-50 ms at 0.75 passive. Read when torch (and with it libgomp) is first imported,
+# which is after this module.
+os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 
 # Tokenizing a request this small (in characters) costs less than a hop to the thread pool and
 # back: done on the event loop. Larger requests go to the pool, beside the forward passes.
@@ -259,10 +263,10 @@ class ModelHolder:
 
     def lanes(self) -> int:
         """Passes run side by side (kca_batching.py, step 4). On a CPU, one per thread of the forward
-        pass (OMP_NUM_THREADS), each on one thread: on 2 cores, two passes of 64 short texts side by
-        side ran 10-20% faster than the same passes one after another on both threads, whose
-        threads wait for each other at every operation (docs/support-load.md). On a GPU, one: the
-        device runs one pass at a time anyway, and each lane would hold a pass's memory."""
+        pass (OMP_NUM_THREADS), each on one thread: on 2 cores, two passes side by side ran 143-150
+        texts/s (passes of 16 to 80 short texts), the same passes one after another on both threads
+        137-142, whose threads wait for each other at every operation (docs/support-load.md). On a
+        GPU, one: the device runs one pass at a time anyway, and each lane would hold a pass's memory."""
         if self.settings.device != "cpu":
             return 1
         import torch

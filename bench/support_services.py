@@ -360,6 +360,33 @@ def embedding_calls(url: str, model: str | None, clients: int, per_request: int,
     return calls
 
 
+def check_targets(targets: dict[str, dict]) -> None:
+    """One request to each server before the table: a server that answers something other than 200
+    stops the bench with its answer, instead of a table of zeros."""
+    for name, target in targets.items():
+        calls = [embedding_call(target["embedding"], target["embedding_model"], ["a check"])]
+        if target.get("reranker"):
+            calls.append(rerank_call(target["reranker"], target["reranker_model"], "a check", ["a document"]))
+        for call in calls:
+            try:
+                response = requests.post(
+                    call.url + call.path, data=call.body, headers={"Content-Type": "application/json"}, timeout=60
+                )
+            except requests.RequestException as exc:
+                raise SystemExit(f"{name}: POST {call.url}{call.path} failed: {exc}") from exc
+            if response.status_code != 200:
+                answer = f"{response.status_code}: {response.text[:300]}"
+                raise SystemExit(f"{name}: POST {call.url}{call.path} answered {answer}")
+
+
+def row_line(label: str, name: str, result: LoadResult, unit: str) -> str:
+    """A row as it is measured; requests that were refused or failed are said, never only counted."""
+    line = f"  {label:<22} {name:<14} {result.rate:8.1f} {unit}"
+    if result.refused or result.failed:
+        line += f" ({result.refused} answered 503, {result.failed} failed)"
+    return line
+
+
 def load_table(args, targets: dict[str, dict], local_rate: float, load: ClientProcesses) -> None:
     """The rows of LOAD_ROWS and the rerank row, each run against every target in turn."""
     texts = sample_texts(1024)
@@ -376,7 +403,7 @@ def load_table(args, targets: dict[str, dict], local_rate: float, load: ClientPr
             target = targets[name]
             calls = embedding_calls(target["embedding"], target["embedding_model"], clients, per_request, texts)
             found[name] = measured(load, calls, args.load_seconds, target.get("embedding_pid"))
-            print(f"  {label:<22} {name:<14} {found[name].rate:8.1f} texts/s", flush=True)
+            print(row_line(label, name, found[name], "texts/s"), flush=True)
         rows.append((label, found, "texts/s"))
     label = f"rerank {RERANK_CLIENTS} clients x 1x{RERANK_DOCUMENTS}"
     found = {}
@@ -386,7 +413,7 @@ def load_table(args, targets: dict[str, dict], local_rate: float, load: ClientPr
             continue
         calls = [rerank_call(target["reranker"], target["reranker_model"], query, documents)] * RERANK_CLIENTS
         found[name] = measured(load, calls, args.load_seconds, target.get("reranker_pid"))
-        print(f"  {label:<22} {name:<14} {found[name].rate:8.1f} docs/s", flush=True)
+        print(row_line(label, name, found[name], "docs/s"), flush=True)
     if found:
         rows.append((label, found, "docs/s"))
 
@@ -679,9 +706,11 @@ def main() -> None:
     if args.load_seconds > 0:
         # Other work on the machine shifts every figure: say what it was, before and after.
         print(f"Load table on {machine()}, {load_average()} (rows run against each server in turn):", flush=True)
+        targets = load_targets(args, pids)
+        check_targets(targets)
         load = ClientProcesses(args.client_processes)
         try:
-            load_table(args, load_targets(args, pids), emb["local"], load)
+            load_table(args, targets, emb["local"], load)
             print(f"after the table: {load_average()}")
         finally:
             load.close()

@@ -387,9 +387,10 @@ services = {
         # time and each holds at most batch_tokens padded tokens, whatever the requests hold: no
         # request can take more than this. The per-request caps bound time and host memory.
         # CPU threads of the forward pass (OMP_NUM_THREADS). One: on the GPU the CPU only feeds it. A
-        # CPU host gives it its cores (testhost.py): the threads wait passively (OMP_WAIT_POLICY,
-        # kca_service_common.py), so they no longer spin against tokenizing, HTTP and the other services
-        # (with libgomp's spinning default, 2 busy cores gave a single request 700 ms on 2 threads).
+        # CPU host gives it its cores (testhost.py): the threads spin only briefly before they sleep
+        # (GOMP_SPINCOUNT, kca_service_common.py), so they do not spin against tokenizing, HTTP and the
+        # other services (with libgomp's spinning default, 2 busy cores gave a single request 700 ms on
+        # 2 threads).
         "threads": 1,
         "batching": {
             # Padded tokens per pass: the VRAM term above. One text of max_text_tokens fits one pass. On

@@ -43,7 +43,7 @@ vllm = {"plugin": {"source": "unavailable"}}
 services = {
     # The support services run on the CPU here; the stand-in embedding model (MiniLM) is 384-d. The
     # forward pass is the work on a CPU: both cores (with one thread, 16 clients x 16 texts ran at
-    # half the rate of a server using both; the threads wait passively, see kca_service_common.py).
+    # half the rate of a server using both; the threads spin only briefly, see kca_service_common.py).
     "bge-embedding": {"device": "cpu", "precision": "fp32", "embedding_dim": 384, "threads": 2},
     # Passes of 2048 tokens for the reranker here: on 2 cores a cross-encoder pass of ~100 pairs (8192
     # tokens) ran 10% slower per pair than passes of 16-64 (95 against 106 pairs/s in-process), and 16
