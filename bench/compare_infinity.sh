@@ -40,8 +40,9 @@ fi
 log=$INFINITY_VENV/server.log
 say "Starting infinity-emb on 127.0.0.1:$INFINITY_PORT ($DEVICE; log: $log)"
 # Its defaults (batch size 32, its own queue), as an operator would start it; routes under /v1 as the
-# OpenAI clients call them (its /health stays at the root), and no line per request (the project's servers write none either).
-# Offline, as the server's own services run (a hub or telemetry call with no answer would stall its start).
+# OpenAI clients call them (its /health stays at the root), and no line per request (the project's
+# servers write none either). Offline, as the server's own services run: a hub or telemetry call with
+# no answer would stall its start.
 HF_HUB_OFFLINE=1 INFINITY_ANONYMOUS_USAGE_STATS=0 DO_NOT_TRACK=1 \
   "$INFINITY_VENV/bin/infinity_emb" v2 --model-id "$EMBEDDING_MODEL" --model-id "$RERANKER_MODEL" \
     --served-model-name "${EMBEDDING_MODEL##*/}" --served-model-name "${RERANKER_MODEL##*/}" \
@@ -49,12 +50,14 @@ HF_HUB_OFFLINE=1 INFINITY_ANONYMOUS_USAGE_STATS=0 DO_NOT_TRACK=1 \
     --log-level warning >"$log" 2>&1 &
 infinity=$!
 trap 'kill "$infinity" 2>/dev/null; wait "$infinity" 2>/dev/null || true' EXIT
-for _ in $(seq 300); do
+# Up to 300 s for its models to load; a server that exits or never answers stops the run with its log.
+for waited in $(seq 300); do
   curl -fsS -o /dev/null "http://127.0.0.1:$INFINITY_PORT/health" 2>/dev/null && break
-  kill -0 "$infinity" 2>/dev/null || { tail -20 "$log"; echo "infinity-emb did not start" >&2; exit 1; }
+  if ! kill -0 "$infinity" 2>/dev/null || ((waited == 300)); then
+    tail -20 "$log"; echo "infinity-emb did not start" >&2; exit 1
+  fi
   sleep 1
 done
-curl -fsS -o /dev/null "http://127.0.0.1:$INFINITY_PORT/health" || { tail -20 "$log"; exit 1; }
 
 say "Load table: the project's servers against infinity-emb"
 # The model fields name the models infinity-emb serves (it holds two); the project's servers each hold
